@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make demo   set up .venv, run the quick sweep, print the table
+#   make test   set up .venv with dev extras, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-dev clean-venv
+
+# torch first, from the CPU wheel on disk: a plain `torch` would pull a CUDA build.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q -c requirements.lock -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/effbench run --multirun sweep=quick
+
+test: install-dev
+	$(BIN)/pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,103 @@
+"""Stable metric keys with unit, direction and display name (SPEC §2).
+
+Like lm-eval's `higher_is_better`, direction lives with the metric, so ranks
+and gates never guess it. `make_metric` is the one way figures are built.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from effbench.metrics.record import Metric, Source
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    unit: str
+    higher_is_better: bool | None
+    family: str
+    display: str
+    description: str
+
+
+_SPECS = [
+    # memory
+    MetricSpec("memory.peak_bytes", "B", False, "memory", "Peak mem",
+               "Peak memory in the window: CUDA max allocated on a GPU, peak process RSS on a CPU."),
+    MetricSpec("memory.peak_delta_bytes", "B", False, "memory", "Peak mem Δ",
+               "Peak memory in the window minus memory in use at its start."),
+    MetricSpec("memory.peak_reserved_bytes", "B", False, "memory", "Peak reserved",
+               "CUDA caching allocator's peak reserved bytes."),
+    MetricSpec("memory.device_peak_bytes", "B", False, "memory", "Device peak",
+               "NVML device-used memory, peak of the samples."),
+    MetricSpec("memory.avg_bytes", "B", False, "memory", "Avg mem",
+               "Time-average of sampled memory in use over the window."),
+    MetricSpec("memory.amu", "fraction", False, "memory", "AMU",
+               "Average Memory Utilization: time-average used memory / device total."),
+    # compute
+    MetricSpec("compute.flops", "FLOP", None, "compute", "FLOPs",
+               "FLOPs of one window counted with torch.utils.flop_counter."),
+    MetricSpec("compute.flops_analytic", "FLOP", None, "compute", "FLOPs (2N·tokens)",
+               "2·N·tokens (inference) or 6·N·tokens (training) for comparison with the count."),
+    MetricSpec("compute.achieved_flops_per_s", "FLOP/s", True, "compute", "FLOP/s",
+               "Counted FLOPs / window time."),
+    MetricSpec("compute.peak_flops_per_s", "FLOP/s", None, "compute", "Peak FLOP/s",
+               "Device peak at the run's dtype (hardware table, or calibrated matmul on a CPU)."),
+    MetricSpec("compute.mfu", "fraction", True, "compute", "MFU",
+               "Model FLOPs utilization: achieved / peak FLOP/s."),
+    MetricSpec("compute.pcu", "fraction", None, "compute", "PCU",
+               "Mean device utilization over the window (NVML utilization.gpu, or process CPU time / cores)."),
+    # latency
+    MetricSpec("latency.ttft_s", "s", False, "latency", "TTFT", "Time to first token."),
+    MetricSpec("latency.tpot_s", "s", False, "latency", "TPOT", "(e2e − ttft) / (output tokens − 1)."),
+    MetricSpec("latency.itl_s", "s", False, "latency", "ITL", "Every gap between consecutive tokens."),
+    MetricSpec("latency.e2e_s", "s", False, "latency", "AL", "End-to-end request latency (the paper's AL)."),
+    # throughput
+    MetricSpec("throughput.prefill_tokens_per_s", "tok/s", True, "throughput", "Prefill tok/s",
+               "Prompt tokens (whole batch) / TTFT."),
+    MetricSpec("throughput.decode_tokens_per_s", "tok/s", True, "throughput", "IT",
+               "Tokens generated after the first (whole batch) / (e2e − ttft): the paper's IT."),
+    # energy
+    MetricSpec("energy.joules", "J", False, "energy", "Energy", "Energy over the window."),
+    MetricSpec("energy.avg_power_w", "W", False, "energy", "AEC",
+               "Average power over the window; the paper's AEC is this, in watts."),
+    MetricSpec("energy.idle_power_w", "W", None, "energy", "Idle power",
+               "Power before the run, by the same method, for dynamic vs gross energy."),
+    MetricSpec("energy.dynamic_joules", "J", False, "energy", "Dynamic energy",
+               "Energy minus idle power × window time."),
+    MetricSpec("energy.joules_per_token", "J/tok", False, "energy", "J/token",
+               "Window energy / tokens generated in the window."),
+    MetricSpec("energy.tokens_per_joule", "tok/J", True, "energy", "tok/J",
+               "Tokens generated / window energy."),
+    # compression
+    MetricSpec("compression.size_bytes", "B", False, "compression", "Size",
+               "Bytes the weights take when serialized (safetensors)."),
+    MetricSpec("compression.baseline_size_bytes", "B", None, "compression", "Baseline size",
+               "Serialized size of the same model at the baseline precision."),
+    MetricSpec("compression.ratio", "x", True, "compression", "Compression",
+               "Baseline size / size."),
+    # quality
+    MetricSpec("quality.loss", "nat/token", False, "quality", "Loss", "Mean next-token NLL on held-out text."),
+    MetricSpec("quality.perplexity", "", False, "quality", "Perplexity", "exp(held-out loss)."),
+    # model facts
+    MetricSpec("model.parameters", "params", None, "model", "Params", "Parameter count."),
+]
+
+CATALOG: dict[str, MetricSpec] = {s.name: s for s in _SPECS}
+
+
+def make_metric(name: str, value: float, source: Source, samples=(), *, note: str = "") -> Metric:
+    """A metric with unit and direction taken from the catalogue."""
+    try:
+        spec = CATALOG[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; add it to effbench.metrics.catalog") from None
+    return Metric(name, value, spec.unit, source, list(samples), spec.higher_is_better, note)
+
+
+def from_samples(name: str, samples, source: Source, note: str = "") -> Metric:
+    """Headline value = median of per-repeat samples (robust to one noisy repeat)."""
+    samples = [float(s) for s in samples]
+    return make_metric(name, statistics.median(samples), source, samples, note=note)

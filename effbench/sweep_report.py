@@ -1,0 +1,45 @@
+"""Hydra callback: a progress bar over a sweep's jobs and the result table at its end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+
+def count_jobs(config: DictConfig) -> int:
+    """Jobs in the sweep: the product of swept values (preset params, CLI wins)."""
+    params = {k: f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+    for o in config.hydra.overrides.task:
+        params[o.split("=", 1)[0]] = o
+    overrides = OverridesParser.create().parse_overrides(list(params.values()))
+    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+
+
+class SweepReport(Callback):
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.bar = tqdm(total=count_jobs(config), desc="sweep", unit="pair", position=0)
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from effbench.hydra_app import RUN_ID_FILE
+        from effbench.report import print_comparison
+        from effbench.store import ResultStore
+
+        if self.bar is not None:
+            self.bar.close()
+        ids = [p.read_text().strip() for p in sorted(Path(config.hydra.sweep.dir).glob(f"*/{RUN_ID_FILE}"),
+                                                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)]
+        if ids:
+            store = ResultStore(config.store.url, read_only=True)
+            print_comparison([store.get(i) for i in ids])

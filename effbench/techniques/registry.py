@@ -1,0 +1,59 @@
+"""The technique registry: one module and one config file per technique.
+
+A technique module defines its config schema (a `TechniqueConfig` subclass),
+an `apply` function and the devices it runs on, and calls `register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from hydra.core.config_store import ConfigStore
+
+from effbench.config.schema import TechniqueConfig
+
+
+class UnsupportedTechnique(Exception):
+    """The technique cannot run on this device: the run is stored as `skipped`."""
+
+
+@dataclass(frozen=True)
+class TechniqueSpec:
+    method: str
+    axis: str
+    schema: type[TechniqueConfig]
+    # (model, config, device) -> model ready for the scenario, on the device
+    apply: Callable[[torch.nn.Module, TechniqueConfig, torch.device], torch.nn.Module]
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    # dtype activations run in, for MFU's peak FLOP/s
+    compute_dtype: Callable[[TechniqueConfig], torch.dtype] = lambda cfg: torch.float32
+
+    def check_device(self, device: torch.device) -> None:
+        if device.type not in self.devices:
+            raise UnsupportedTechnique(
+                f"technique method {self.method!r} runs on {', '.join(self.devices)}, not {device.type}"
+            )
+
+
+_REGISTRY: dict[str, TechniqueSpec] = {}
+
+
+def register(spec: TechniqueSpec) -> TechniqueSpec:
+    if spec.method in _REGISTRY:
+        raise ValueError(f"technique method {spec.method!r} registered twice")
+    _REGISTRY[spec.method] = spec
+    ConfigStore.instance().store(group="schema/technique", name=spec.method, node=spec.schema)
+    return spec
+
+
+def get_technique(method: str) -> TechniqueSpec:
+    try:
+        return _REGISTRY[method]
+    except KeyError:
+        raise KeyError(f"unknown technique method {method!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def registered_methods() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,1 @@
+"""Scenario runners: each turns a resolved config into measured metrics."""

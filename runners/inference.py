@@ -1,0 +1,102 @@
+"""Inference scenario: load → apply technique → warm-up → measured repeats →
+held-out perplexity. Returns the metrics of one run record."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from effbench.config.schema import InferenceScenario, RunConfig
+from effbench.data import load_corpus
+from effbench.hardware import resolve_device
+from effbench.metrics.catalog import make_metric
+from effbench.metrics.compression import compression_metrics, serialized_size_at, serialized_size_bytes
+from effbench.metrics.compute import ComputeTracker, count_flops
+from effbench.metrics.energy import energy_tracker
+from effbench.metrics.latency import TokenTimer, latency_metrics
+from effbench.metrics.memory import memory_tracker
+from effbench.metrics.quality import perplexity_metrics
+from effbench.metrics.record import Metric, Source
+from effbench.metrics.throughput import throughput_metrics
+from effbench.metrics.window import MeasuredWindow
+from effbench.models import load_model, parameter_counts
+from effbench.techniques import get_technique
+
+
+def baseline_dtype(device: torch.device) -> torch.dtype:
+    """SPEC §2: the compression baseline is bf16 on a GPU, fp32 on a CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def make_prompts(token_ids: list[int], sc: InferenceScenario, seed: int) -> torch.Tensor:
+    """batch_size real-text windows of prompt_tokens, at seeded offsets."""
+    span = len(token_ids) - sc.prompt_tokens
+    if span <= 0:
+        raise ValueError(f"held-out text has {len(token_ids)} tokens; scenario.prompt_tokens={sc.prompt_tokens} needs more")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, span, (sc.batch_size,), generator=g).tolist()
+    return torch.tensor([token_ids[s : s + sc.prompt_tokens] for s in starts])
+
+
+def run(cfg: RunConfig) -> list[Metric]:
+    sc: InferenceScenario = cfg.scenario
+    device = resolve_device(cfg.hardware.device)
+    technique = get_technique(cfg.technique.method)
+    technique.check_device(device)
+    bar = tqdm(total=sc.warmup + sc.repeats + 1, desc=f"{cfg.model.name} × {cfg.technique.name}", leave=False,
+               unit="step")
+
+    loaded = load_model(cfg.model)
+    model, tok = loaded.model, loaded.tokenizer
+    params = parameter_counts(model)
+    base = baseline_dtype(device)
+    baseline_size = serialized_size_at(model, base)
+    model = technique.apply(model, cfg.technique, device)
+    size = serialized_size_bytes(model)
+
+    corpus = load_corpus(cfg.data.source, cfg.data.path, cfg.data.text_field, cfg.data.heldout_fraction,
+                         cfg.data.max_chars)
+    heldout_ids = tok(corpus.heldout_text, add_special_tokens=False).input_ids
+    input_ids = make_prompts(heldout_ids, sc, cfg.seed).to(device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    gen_kwargs = dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=sc.output_tokens,
+        min_new_tokens=sc.output_tokens,  # fixed work per repeat: EOS cannot end it early
+        do_sample=False,
+        pad_token_id=pad,
+    )
+
+    with torch.inference_mode():
+        for _ in range(sc.warmup):
+            model.generate(**gen_kwargs)
+            bar.update()
+        flops = count_flops(lambda: model.generate(**gen_kwargs))
+        tokens_fed = sc.batch_size * (sc.prompt_tokens + sc.output_tokens - 1)  # KV cache: each token once
+        trackers = [
+            energy_tracker(device, tokens_per_window=sc.batch_size * sc.output_tokens),
+            memory_tracker(device),
+            ComputeTracker(device, technique.compute_dtype(cfg.technique), flops, 2 * params["non_embedding"] * tokens_fed),
+        ]
+        window = MeasuredWindow(trackers, device)
+        timer = TokenTimer(device)
+        requests = []
+        for _ in range(sc.repeats):
+            with window.measure():
+                timer.reset()
+                model.generate(**gen_kwargs, streamer=timer)
+            requests.append(timer.timing())
+            bar.update()
+        quality = perplexity_metrics(model, heldout_ids[: sc.eval_max_tokens], sc.eval_context, device)
+        bar.update()
+    bar.close()
+
+    return [
+        *window.metrics(),
+        *latency_metrics(requests),
+        *throughput_metrics(requests, sc.batch_size, sc.prompt_tokens),
+        *compression_metrics(size, baseline_size, str(base).removeprefix("torch.")),
+        *quality,
+        make_metric("model.parameters", params["total"], Source.ANALYTIC, note="sum of parameter numel"),
+    ]

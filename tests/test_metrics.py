@@ -1,0 +1,182 @@
+"""Trackers against ground truth: known allocations, analytic FLOPs, known sizes."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from effbench.metrics.compression import serialized_size_at, serialized_size_bytes
+from effbench.metrics.compute import ComputeTracker, count_flops
+from effbench.metrics.energy import RaplEnergyTracker, energy_tracker
+from effbench.metrics.latency import RequestTiming, TokenTimer, latency_metrics
+from effbench.metrics.memory import CpuMemoryTracker
+from effbench.metrics.record import Source, Summary
+from effbench.metrics.sampler import PollingSampler
+from effbench.metrics.throughput import throughput_metrics
+from effbench.metrics.window import MeasuredWindow
+from effbench.models import parameter_counts
+from effbench.techniques.precision import PrecisionConfig, SPEC as precision
+
+MB = 1_000_000
+
+
+def test_summary_matches_hand_computation():
+    s = Summary.of([1, 2, 3, 4, 5])
+    assert s.mean == 3 and s.median == 3 and s.n == 5
+    assert s.std == pytest.approx(math.sqrt(2.5))
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, df=4)
+    assert (s.ci95_low, s.ci95_high) == pytest.approx((3 - half, 3 + half), rel=1e-6)
+    assert s.p50 <= s.p90 <= s.p99 <= 5
+
+
+def test_memory_tracker_sees_a_200_mb_allocation(cpu):
+    tracker = CpuMemoryTracker()
+    window = MeasuredWindow([tracker], cpu)
+    with window.measure():
+        x = torch.ones(200 * MB // 4, dtype=torch.float32)  # ones() touches every page
+        time.sleep(0.05)
+        del x
+    delta = {m.name: m for m in tracker.metrics()}["memory.peak_delta_bytes"]
+    assert delta.value == pytest.approx(200 * MB, rel=0.05)
+    assert delta.source is Source.SAMPLED
+
+
+def test_memory_tracker_without_allocation_sees_almost_nothing(cpu):
+    tracker = CpuMemoryTracker()
+    with MeasuredWindow([tracker], cpu).measure():
+        time.sleep(0.05)
+    delta = {m.name: m for m in tracker.metrics()}["memory.peak_delta_bytes"]
+    assert delta.value < 5 * MB
+
+
+def test_sampler_time_mean_is_the_integral_over_time():
+    s = PollingSampler({"x": lambda: 0.0})
+    s.times, s.values["x"] = [0.0, 1.0, 3.0], [0.0, 2.0, 2.0]
+    assert s.time_mean("x") == pytest.approx((1.0 + 4.0) / 3.0)  # trapezoids: 1 + 4 over 3 s
+    assert s.peak("x") == 2.0
+
+
+def _analytic_forward_flops(model, batch, seq):
+    cfg = model.config
+    matmul_params = parameter_counts(model)["non_embedding"] - sum(
+        p.numel() for n, p in model.named_parameters() if "norm" in n)
+    attention = 2 * 2 * batch * seq * seq * cfg.hidden_size * cfg.num_hidden_layers  # QKᵀ and AV
+    return 2 * matmul_params * batch * seq + attention
+
+
+def test_flops_of_a_llama_forward_match_the_analytic_count(tiny):
+    x = torch.randint(0, 256, (2, 96))
+    with torch.no_grad():
+        counted = count_flops(lambda: tiny.model(input_ids=x))
+    assert counted == pytest.approx(_analytic_forward_flops(tiny.model, 2, 96), rel=0.02)
+
+
+def test_cpu_sdpa_is_counted_not_zero():
+    q = torch.randn(1, 4, 64, 32)
+    counted = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True))
+    assert counted == 2 * 2 * 4 * 64 * 64 * 32
+
+
+def test_compute_tracker_mfu_is_flops_over_time_over_peak(cpu):
+    tracker = ComputeTracker(cpu, torch.float32, flops_per_window=10**9, flops_analytic=10**9)
+    window = MeasuredWindow([tracker], cpu)
+    with window.measure():
+        a = torch.randn(512, 512)
+        for _ in range(20):
+            a @ a
+    m = {x.name: x for x in tracker.metrics()}
+    expected = 10**9 / window.elapsed_s[0] / tracker.peak.flops_per_s
+    assert m["compute.mfu"].value == pytest.approx(expected)
+    assert 0 < m["compute.pcu"].value <= 1.05  # CPU time over wall × cores
+    assert m["compute.peak_flops_per_s"].source is Source.TIMER  # calibrated on a CPU
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_halves_the_serialized_size(tiny, cpu, dtype):
+    fp32 = serialized_size_at(tiny.model, torch.float32)
+    model = precision.apply(tiny.model.__class__(tiny.model.config), PrecisionConfig(name="x", dtype=dtype), cpu)
+    assert fp32 / serialized_size_bytes(model) == pytest.approx(2.0, rel=0.01)
+
+
+def test_serialized_size_is_the_file_size_and_counts_bytes(tiny):
+    n = sum(p.numel() for p in tiny.model.parameters())
+    size = serialized_size_bytes(tiny.model)
+    assert 4 * n < size < 4 * n + 64 * 1024  # tensor bytes plus a small JSON header
+    assert serialized_size_at(tiny.model, torch.float32) == size
+
+
+def _generate_timed(model, cpu, batch=2, prompt=16, out=12):
+    timer = TokenTimer(cpu)
+    x = torch.randint(3, 256, (batch, prompt))
+    timer.reset()
+    with torch.no_grad():
+        model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=out, min_new_tokens=out,
+                       do_sample=False, pad_token_id=0, streamer=timer)
+    return timer.timing()
+
+
+def test_token_timer_sees_every_generated_token(tiny, cpu):
+    timing = _generate_timed(tiny.model, cpu, out=12)
+    assert timing.steps == 12
+    assert 0 < timing.ttft < timing.e2e
+    assert timing.tpot == pytest.approx((timing.e2e - timing.ttft) / 11)
+    assert sum(timing.itl) == pytest.approx(timing.e2e - timing.ttft)
+
+
+def test_latency_percentiles_are_ordered(tiny, cpu):
+    requests = [_generate_timed(tiny.model, cpu) for _ in range(3)]
+    for m in latency_metrics(requests):
+        s = m.summary
+        assert min(m.samples) <= s.p50 <= s.p90 <= s.p99 <= max(m.samples), m.name
+        assert m.source is Source.TIMER
+    by = {m.name: m for m in latency_metrics(requests)}
+    assert all(t < e for t, e in zip(by["latency.ttft_s"].samples, by["latency.e2e_s"].samples))
+
+
+def test_throughput_times_time_gives_the_token_count():
+    r = RequestTiming(start=0.0, token_times=[0.5, 0.6, 0.7, 0.9])  # 4 tokens, batch 3, prompt 100
+    by = {m.name: m for m in throughput_metrics([r], batch_size=3, prompt_tokens=100)}
+    assert by["throughput.prefill_tokens_per_s"].value * r.ttft == pytest.approx(300)
+    assert by["throughput.decode_tokens_per_s"].value * (r.e2e - r.ttft) == pytest.approx(3 * 3)
+
+
+def test_energy_on_this_cpu_is_labelled(cpu):
+    tracker = energy_tracker(cpu, tokens_per_window=10)
+    with MeasuredWindow([tracker], cpu).measure():
+        time.sleep(0.2)
+    by = {m.name: m for m in tracker.metrics()}
+    assert by["energy.joules"].value > 0
+    assert by["energy.avg_power_w"].value == pytest.approx(by["energy.joules"].value / tracker.seconds[0])
+    assert by["energy.joules_per_token"].value == pytest.approx(by["energy.joules"].value / 10)
+    # Without a readable counter the figure must say it is an estimate.
+    assert all(m.source in (Source.COUNTER, Source.ESTIMATED) for m in by.values())
+
+
+def test_rapl_reads_counters_and_handles_wraparound(tmp_path, cpu):
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "max_energy_range_uj").write_text("1000000")
+    (zone / "energy_uj").write_text("900000")
+    tracker = RaplEnergyTracker([zone])
+    assert tracker.idle_power_w == 0  # the counter did not move while idle
+    tracker.begin()
+    (zone / "energy_uj").write_text("100000")  # wrapped: 0.1 J to the top, 0.1 J after
+    assert tracker._stop_reading() == pytest.approx(0.2)
+
+
+def test_window_stops_trackers_when_the_workload_raises(cpu):
+    tracker = CpuMemoryTracker()
+    with pytest.raises(RuntimeError):
+        with MeasuredWindow([tracker], cpu).measure():
+            raise RuntimeError("boom")
+    assert not tracker._sampler._thread.is_alive()
+
+
+def test_sample_arrays_are_plain_floats(cpu):
+    tracker = CpuMemoryTracker()
+    with MeasuredWindow([tracker], cpu).measure():
+        pass
+    assert all(isinstance(s, float) for m in tracker.metrics() for s in m.samples)
+    assert np.isfinite([m.value for m in tracker.metrics()]).all()
