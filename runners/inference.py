@@ -46,7 +46,7 @@ def run(cfg: RunConfig) -> list[Metric]:
     bar = tqdm(total=sc.warmup + sc.repeats + 1, desc=f"{cfg.model.name} × {cfg.technique.name}", leave=False,
                unit="step")
 
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, technique.load_dtype(cfg.technique))
     model, tok = loaded.model, loaded.tokenizer
     params = parameter_counts(model)
     base = baseline_dtype(device)

@@ -61,19 +61,20 @@ def _build(cfg: BuiltinModelConfig) -> LoadedModel:
     return LoadedModel(model.eval(), tok, cfg.name, "builtin")
 
 
-def _from_pretrained(cfg: HfModelConfig) -> LoadedModel:
+def _from_pretrained(cfg: HfModelConfig, dtype: torch.dtype) -> LoadedModel:
     kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     tok = AutoTokenizer.from_pretrained(cfg.id, **kw)
-    # fp32 load: the technique decides the precision it measures.
-    model = AutoModelForCausalLM.from_pretrained(cfg.id, dtype=torch.float32, **kw)
+    model = AutoModelForCausalLM.from_pretrained(cfg.id, dtype=dtype, **kw)
     return LoadedModel(model.eval(), tok, cfg.name, "hf")
 
 
-def load_model(cfg) -> LoadedModel:
+def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """`dtype` is the precision to load hub weights in; built-in models are
+    always initialised in fp32 (init schemes assume it) and cast by the technique."""
     if cfg.source == "builtin":
         return _build(cfg)
     if cfg.source == "hf":
-        return _from_pretrained(cfg)
+        return _from_pretrained(cfg, dtype)
     raise ValueError(f"model.source={cfg.source!r}; choose builtin or hf")
 
 

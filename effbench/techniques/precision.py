@@ -31,5 +31,6 @@ SPEC = register(
         schema=PrecisionConfig,
         apply=_apply,
         compute_dtype=lambda cfg: torch_dtype(cfg.dtype),
+        load_dtype=lambda cfg: torch_dtype(cfg.dtype),
     )
 )

@@ -29,6 +29,8 @@ class TechniqueSpec:
     devices: tuple[str, ...] = ("cpu", "cuda")
     # dtype activations run in, for MFU's peak FLOP/s
     compute_dtype: Callable[[TechniqueConfig], torch.dtype] = lambda cfg: torch.float32
+    # dtype to load hub weights in: loading a large model in fp32 only to cast it wastes memory
+    load_dtype: Callable[[TechniqueConfig], torch.dtype] = lambda cfg: torch.float32
 
     def check_device(self, device: torch.device) -> None:
         if device.type not in self.devices:
