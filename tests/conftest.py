@@ -12,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def tiny_cfg():
     from effbench.config.schema import BuiltinModelConfig
 
-    return BuiltinModelConfig(name="tiny-llama", hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
+    return BuiltinModelConfig(name="tiny-llama", hidden_size=128, num_layers=2, num_heads=4,
                               intermediate_size=344)
 
 

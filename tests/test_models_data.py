@@ -19,7 +19,7 @@ def test_gqa_shrinks_kv_projections_by_heads_over_kv_heads(tiny_cfg):
     from dataclasses import replace
 
     mha = parameter_counts(load_model(tiny_cfg).model)["total"]
-    gqa = parameter_counts(load_model(replace(tiny_cfg, num_kv_heads=1)).model)["total"]
+    gqa = parameter_counts(load_model(replace(tiny_cfg, arch_options={"num_kv_heads": 1})).model)["total"]
     d, layers = tiny_cfg.hidden_size, tiny_cfg.num_layers
     kv_saved = 2 * d * (d - d // tiny_cfg.num_heads) * layers  # K and V: d×d → d×(d/heads)
     assert mha - gqa == kv_saved
@@ -29,7 +29,9 @@ def test_invalid_head_split_names_the_keys(tiny_cfg):
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="num_kv_heads=3 must divide model.num_heads=4"):
-        load_model(replace(tiny_cfg, num_kv_heads=3))
+        load_model(replace(tiny_cfg, arch_options={"num_kv_heads": 3}))
+    with pytest.raises(ValueError, match="kv_heads not an option of arch 'llama'; valid: num_kv_heads"):
+        load_model(replace(tiny_cfg, arch_options={"kv_heads": 3}))
 
 
 def test_hf_path_loads_a_saved_model_and_tokenizer(tiny, tmp_path):

@@ -33,15 +33,18 @@ class BuiltinModelConfig(ModelConfig):
     """A tiny model built from config (random init), offline."""
 
     source: str = "builtin"
-    arch: str = "llama"
+    # Size preset: the budget every architecture variant is built to.
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 8
-    num_kv_heads: int = 8
     intermediate_size: int = 688
     max_position: int = 1024
     tokenizer: str = "byte"  # byte-level (ByT5), needs no files
     init_seed: int = 0
+    # Family and its options (effbench.models.architectures); architecture
+    # techniques set these, e.g. arch=llama arch_options={num_kv_heads: 2}.
+    arch: str = "llama"
+    arch_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

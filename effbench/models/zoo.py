@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from effbench.config.schema import BuiltinModelConfig, HfModelConfig
+from effbench.models.architectures import build_architecture
 
 
 @dataclass
@@ -24,40 +25,15 @@ def _byte_tokenizer() -> PreTrainedTokenizerBase:
     return ByT5Tokenizer()  # byte ids + 3 specials; needs no files
 
 
-def _llama(cfg: BuiltinModelConfig, vocab_size: int) -> PreTrainedModel:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if cfg.num_heads % cfg.num_kv_heads:
-        raise ValueError(f"model.num_kv_heads={cfg.num_kv_heads} must divide model.num_heads={cfg.num_heads}")
-    if cfg.hidden_size % cfg.num_heads:
-        raise ValueError(f"model.num_heads={cfg.num_heads} must divide model.hidden_size={cfg.hidden_size}")
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
-
-
-ARCHITECTURES: dict[str, Callable[[BuiltinModelConfig, int], PreTrainedModel]] = {"llama": _llama}
 TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {"byte": _byte_tokenizer}
 
 
 def _build(cfg: BuiltinModelConfig) -> LoadedModel:
-    for key, table in (("arch", ARCHITECTURES), ("tokenizer", TOKENIZERS)):
-        if getattr(cfg, key) not in table:
-            raise ValueError(f"model.{key}={getattr(cfg, key)!r} is not built in; choose one of {', '.join(table)}")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise ValueError(f"model.tokenizer={cfg.tokenizer!r} is not built in; choose one of {', '.join(TOKENIZERS)}")
     tok = TOKENIZERS[cfg.tokenizer]()
     torch.manual_seed(cfg.init_seed)  # same config, same weights
-    model = ARCHITECTURES[cfg.arch](cfg, len(tok))
+    model = build_architecture(cfg, len(tok))
     return LoadedModel(model.eval(), tok, cfg.name, "builtin")
 
 
