@@ -8,6 +8,7 @@ sweep goes on. Config errors are raised before anything is stored.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import time
@@ -19,11 +20,14 @@ from datetime import datetime, timezone
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from effbench import techniques
+from effbench import distributed, techniques
+from effbench.artifacts import discard_partial
 from effbench.config.schema import NON_IDENTITY_KEYS, RunConfig
 from effbench.hardware import describe_hardware, describe_software, hardware_label, resolve_device
-from effbench.metrics.record import Metric, RunRecord, Status
+from effbench.metrics.record import RunRecord, Status
+from effbench.models.architectures import build_architecture
 from effbench.store import RecordError, ResultStore
+from runners.base import RunContext, ScenarioResult
 
 log = logging.getLogger("effbench")
 
@@ -32,10 +36,13 @@ class ConfigError(ValueError):
     """A config that cannot describe a run; the CLI exits with code 2."""
 
 
-def scenario_runners() -> dict[str, Callable[[RunConfig], list[Metric]]]:
-    from runners import inference
+# scenario name -> module in runners/ whose `run(cfg, ctx) -> ScenarioResult` executes it
+SCENARIOS = {"inference": "runners.inference", "pretrain": "runners.pretrain", "finetune": "runners.finetune",
+             "serve": "runners.serve"}
 
-    return {"inference": inference.run}
+
+def scenario_runner(name: str) -> Callable[[RunConfig, RunContext], ScenarioResult]:
+    return importlib.import_module(SCENARIOS[name]).run
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -48,9 +55,8 @@ def config_hash(cfg: DictConfig) -> str:
 
 def validate(cfg: DictConfig) -> RunConfig:
     """Checks Hydra's schema cannot express; raises ConfigError naming the key."""
-    runners = scenario_runners()
-    if cfg.scenario.name not in runners:
-        raise ConfigError(f"scenario.name={cfg.scenario.name!r} has no runner; choose one of {', '.join(runners)}")
+    if cfg.scenario.name not in SCENARIOS:
+        raise ConfigError(f"scenario.name={cfg.scenario.name!r} has no runner; choose one of {', '.join(SCENARIOS)}")
     try:
         techniques.get_technique(cfg.technique.method)
     except KeyError as e:
@@ -60,15 +66,32 @@ def validate(cfg: DictConfig) -> RunConfig:
             raise ConfigError(f"scenario.{key}={cfg.scenario[key]} must be ≥ 1")
     if "output_tokens" in cfg.scenario and cfg.scenario.output_tokens < 2:
         raise ConfigError("scenario.output_tokens must be ≥ 2 (TPOT needs two tokens)")
-    return OmegaConf.to_object(cfg)
+    run_cfg = OmegaConf.to_object(cfg)
+    spec = techniques.get_technique(run_cfg.technique.method)
+    try:
+        model_cfg = spec.configure_model(run_cfg.model, run_cfg.technique)
+        if model_cfg.source == "builtin":
+            # Building on the meta device allocates nothing and runs every
+            # shape check a real build would: bad combinations fail here.
+            with torch.device("meta"):
+                build_architecture(model_cfg, vocab_size=384)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return run_cfg
 
 
 def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
     """Run one pair and store its record; returns the record (new or the earlier one)."""
     run_cfg = validate(cfg)
+    device = resolve_device(run_cfg.hardware.device)
+    dist = distributed.from_env(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     store = ResultStore(run_cfg.store.url)
     digest = config_hash(cfg)
-    if not run_cfg.rerun and (done := store.find_completed(digest)):
+    # Rank 0 decides for all ranks, so none waits in a collective the others skipped.
+    done = dist.broadcast(None if run_cfg.rerun else store.find_completed(digest))
+    if done:
         log.info("skip %s × %s: done as run %s (rerun=true measures again)", run_cfg.model.name,
                  run_cfg.technique.name, done[:8])
         return store.get(done)
@@ -76,42 +99,46 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
     if run_cfg.hardware.threads:
         torch.set_num_threads(run_cfg.hardware.threads)
     torch.manual_seed(run_cfg.seed)
+    run_id = dist.broadcast(uuid.uuid4().hex)
     started = time.perf_counter()
-    status, error, metrics = Status.OK, None, []
-    device = torch.device("cpu")
+    status, error, result = Status.OK, None, ScenarioResult([])
     try:
-        device = resolve_device(run_cfg.hardware.device)
-        metrics = scenario_runners()[run_cfg.scenario.name](run_cfg)
+        result = scenario_runner(run_cfg.scenario.name)(run_cfg, RunContext(run_id, device, dist))
     except techniques.UnsupportedTechnique as e:
         status, error = Status.SKIPPED, str(e)
     except Exception as e:  # noqa: BLE001 - any crash is data: store it, keep the sweep going
         status, error = Status.FAILED, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-        metrics = []
+        discard_partial(run_id)
     hardware = describe_hardware(device)
+    if dist.enabled:
+        hardware["world_size"] = dist.world_size
     record = RunRecord(
-        id=uuid.uuid4().hex,
+        id=run_id,
         created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         status=status,
         axis=techniques.get_technique(run_cfg.technique.method).axis,
         scenario=run_cfg.scenario.name,
-        model=run_cfg.model.name,
+        model=result.model_name or run_cfg.model.name,
         technique=run_cfg.technique.name,
         config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         config_hash=digest,
         hardware={**hardware, "label": hardware_label(hardware)},
         software=describe_software(),
         seed=run_cfg.seed,
-        metrics=metrics,
+        metrics=result.metrics,
+        artifact=result.artifact,
         error=error,
         tags=list(run_cfg.tags),
         sweep_id=sweep_id,
         duration_s=time.perf_counter() - started,
     )
+    if not dist.is_main:
+        return record  # one record per run, written by rank 0
     try:
         store.write(record)
     except RecordError as e:
         # E.g. a NaN figure: keep the run as a failure rather than lose it.
-        record.status, record.metrics = Status.FAILED, []
+        record.status, record.metrics, record.artifact = Status.FAILED, [], None
         record.error = f"RecordError: the measured figures could not be stored: {e}"
         store.write(record)
     if status is Status.OK:

@@ -90,22 +90,29 @@ def print_comparison(records: list[RunRecord]) -> None:
                           f"{(r.error or '').splitlines()[0] if r.error else ''}")
 
 
-_LIST_METRICS = ["latency.e2e_s", "throughput.decode_tokens_per_s", "memory.peak_bytes", "energy.joules",
-                 "compression.ratio", "quality.perplexity"]
+# Headline columns; where scenarios differ, the first metric a run has fills the column.
+_LIST_COLUMNS = {
+    "AL": ("latency.e2e_s", "latency.step_s"),
+    "IT / TT": ("throughput.decode_tokens_per_s", "throughput.train_tokens_per_s"),
+    "Peak mem": ("memory.peak_bytes",),
+    "Energy": ("energy.joules",),
+    "Compression": ("compression.ratio",),
+    "Perplexity": ("quality.perplexity",),
+}
 
 
 def print_run_list(records: list[RunRecord]) -> None:
     table = Table(title=f"{len(records)} runs, newest first")
     for col in ("id", "time (UTC)", "status", "scenario", "model", "technique", "hardware"):
         table.add_column(col, no_wrap=col in ("id", "status"))
-    for name in _LIST_METRICS:
-        table.add_column(CATALOG[name].display, justify="right")
+    for title in _LIST_COLUMNS:
+        table.add_column(title, justify="right")
     style = {Status.OK: "green", Status.FAILED: "red", Status.SKIPPED: "yellow"}
     for r in records:
         by = {m.name: m for m in r.metrics}
         table.add_row(r.id[:8], r.created_at[:19].replace("T", " "), f"[{style[r.status]}]{r.status.value}[/]",
                       r.scenario, r.model, r.technique, str(r.hardware.get("label", "")),
-                      *[_cell(by[n]) if n in by else "–" for n in _LIST_METRICS])
+                      *[next((_cell(by[n]) for n in names if n in by), "–") for names in _LIST_COLUMNS.values()])
     console.print(table)
 
 

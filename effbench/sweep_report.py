@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
+
+log = logging.getLogger("effbench")
 
 
 def count_jobs(config: DictConfig) -> int:
@@ -18,6 +21,25 @@ def count_jobs(config: DictConfig) -> int:
         params[o.split("=", 1)[0]] = o
     overrides = OverridesParser.create().parse_overrides(list(params.values()))
     return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+
+
+SIZE_TOLERANCE = 0.10
+
+
+def size_fairness_warning(records) -> str | None:
+    """Variants are compared at one parameter budget: name pairs more than 10%
+    apart, leaving out techniques that say the change is intended."""
+    sized = [(r, r.metric("model.parameters").value) for r in records
+             if r.status.value == "ok" and any(m.name == "model.parameters" for m in r.metrics)
+             and not r.config.get("technique", {}).get("size_change_intended", False)]
+    if len(sized) < 2:
+        return None
+    (small, lo), (big, hi) = min(sized, key=lambda x: x[1]), max(sized, key=lambda x: x[1])
+    if hi / lo - 1 <= SIZE_TOLERANCE:
+        return None
+    return (f"size fairness: {big.model} × {big.technique} has {hi:,.0f} parameters, {hi / lo - 1:.0%} more than "
+            f"{small.model} × {small.technique} ({lo:,.0f}); compare them with care, or set "
+            "technique.size_change_intended=true where the difference is the point")
 
 
 class SweepReport(Callback):
@@ -42,4 +64,7 @@ class SweepReport(Callback):
                                                       key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)]
         if ids:
             store = ResultStore(config.store.url, read_only=True)
-            print_comparison([store.get(i) for i in ids])
+            records = [store.get(i) for i in ids]
+            print_comparison(records)
+            if warning := size_fairness_warning(records):
+                log.warning(warning)

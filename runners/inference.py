@@ -8,19 +8,20 @@ from tqdm.auto import tqdm
 
 from effbench.config.schema import InferenceScenario, RunConfig
 from effbench.data import load_corpus
-from effbench.hardware import resolve_device
 from effbench.metrics.catalog import make_metric
 from effbench.metrics.compression import compression_metrics, serialized_size_at, serialized_size_bytes
 from effbench.metrics.compute import ComputeTracker, count_flops
 from effbench.metrics.energy import energy_tracker
 from effbench.metrics.latency import TokenTimer, latency_metrics
-from effbench.metrics.memory import memory_tracker
+from effbench.metrics.memory import measured_kv_bytes_per_token, memory_tracker
 from effbench.metrics.quality import perplexity_metrics
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.throughput import throughput_metrics
 from effbench.metrics.window import MeasuredWindow
 from effbench.models import load_model, parameter_counts
+from effbench.models.architectures.base import kv_cache_bytes_per_token
 from effbench.techniques import get_technique
+from runners.base import RunContext, ScenarioResult
 
 
 def baseline_dtype(device: torch.device) -> torch.dtype:
@@ -38,15 +39,26 @@ def make_prompts(token_ids: list[int], sc: InferenceScenario, seed: int) -> torc
     return torch.tensor([token_ids[s : s + sc.prompt_tokens] for s in starts])
 
 
-def run(cfg: RunConfig) -> list[Metric]:
+def kv_cache_metrics(model: torch.nn.Module, measured: float) -> list[Metric]:
+    dtype_bytes = next(model.parameters()).element_size()
+    out = [make_metric("memory.kv_cache_bytes_per_token", measured, Source.ANALYTIC,
+                       note="cache tensor bytes after prefilling the prompt minus after half of it, per token")]
+    analytic = kv_cache_bytes_per_token(model, dtype_bytes)
+    if analytic is not None:
+        out.append(make_metric("memory.kv_cache_bytes_per_token_analytic", analytic, Source.ANALYTIC,
+                               note=f"architecture formula at {dtype_bytes} bytes per element"))
+    return out
+
+
+def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     sc: InferenceScenario = cfg.scenario
-    device = resolve_device(cfg.hardware.device)
+    device = ctx.device
     technique = get_technique(cfg.technique.method)
     technique.check_device(device)
     bar = tqdm(total=sc.warmup + sc.repeats + 1, desc=f"{cfg.model.name} × {cfg.technique.name}", leave=False,
                unit="step")
 
-    loaded = load_model(cfg.model, technique.load_dtype(cfg.technique))
+    loaded = load_model(technique.configure_model(cfg.model, cfg.technique), technique.load_dtype(cfg.technique))
     model, tok = loaded.model, loaded.tokenizer
     params = parameter_counts(model)
     base = baseline_dtype(device)
@@ -88,15 +100,17 @@ def run(cfg: RunConfig) -> list[Metric]:
                 model.generate(**gen_kwargs, streamer=timer)
             requests.append(timer.timing())
             bar.update()
+        kv_measured = measured_kv_bytes_per_token(model, input_ids)
         quality = perplexity_metrics(model, heldout_ids[: sc.eval_max_tokens], sc.eval_context, device)
         bar.update()
     bar.close()
 
-    return [
+    return ScenarioResult([
         *window.metrics(),
         *latency_metrics(requests),
         *throughput_metrics(requests, sc.batch_size, sc.prompt_tokens),
         *compression_metrics(size, baseline_size, str(base).removeprefix("torch.")),
         *quality,
+        *kv_cache_metrics(model, kv_measured),
         make_metric("model.parameters", params["total"], Source.ANALYTIC, note="sum of parameter numel"),
-    ]
+    ], model_name=loaded.name)

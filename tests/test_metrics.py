@@ -180,3 +180,16 @@ def test_sample_arrays_are_plain_floats(cpu):
         pass
     assert all(isinstance(s, float) for m in tracker.metrics() for s in m.samples)
     assert np.isfinite([m.value for m in tracker.metrics()]).all()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_measured_kv_cache_per_token_equals_the_formula(tiny_cfg, kv_heads):
+    from dataclasses import replace
+
+    from effbench.metrics.memory import measured_kv_bytes_per_token
+    from effbench.models import load_model
+
+    model = load_model(replace(tiny_cfg, arch_options={"num_kv_heads": kv_heads})).model
+    head_dim = tiny_cfg.hidden_size // tiny_cfg.num_heads
+    expected = 2 * tiny_cfg.num_layers * kv_heads * head_dim * 4  # K and V, fp32
+    assert measured_kv_bytes_per_token(model, torch.randint(3, 256, (2, 32))) == expected

@@ -59,6 +59,16 @@ class HfModelConfig(ModelConfig):
 
 
 @dataclass
+class ArtifactModelConfig(ModelConfig):
+    """A checkpoint saved by an earlier effbench run (pretraining, fine-tuning)."""
+
+    source: str = "artifact"
+    name: str = "artifact-${model.run_id}"
+    run_id: str = MISSING  # the id, or a unique prefix, of the run that saved it
+    store_url: Optional[str] = "${store.url}"  # where that run is recorded
+
+
+@dataclass
 class TechniqueConfig:
     """Base of every technique's schema; each method adds its own fields
     (see effbench.techniques) and registers it as schema/technique/<method>."""
@@ -77,6 +87,26 @@ class InferenceScenario:
     repeats: int = 5
     eval_context: int = 256  # tokens per held-out perplexity chunk
     eval_max_tokens: int = 16384  # held-out tokens evaluated (caps quality time)
+
+
+@dataclass
+class PretrainScenario:
+    """Train from scratch for a token budget; the first warmup_steps are not measured."""
+
+    name: str = "pretrain"
+    seq_len: int = 128
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    token_budget: int = 262_144  # training tokens, all ranks, warm-up included (rounded up to whole segments)
+    warmup_steps: int = 3  # optimizer steps before the measured window
+    eval_every: int = 25  # optimizer steps per measured segment; held-out loss between segments
+    eval_tokens: int = 8192
+    lr: float = 3e-3
+    lr_warmup_steps: int = 10  # of the cosine schedule
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto (bf16 autocast on a GPU that has it, else fp32) | fp32 | bf16
+    save_artifact: bool = True
 
 
 @dataclass
@@ -122,4 +152,6 @@ def register_schemas(cs: ConfigStore | None = None) -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/model", name="builtin", node=BuiltinModelConfig)
     cs.store(group="schema/model", name="hf", node=HfModelConfig)
+    cs.store(group="schema/model", name="artifact", node=ArtifactModelConfig)
     cs.store(group="schema/scenario", name="inference", node=InferenceScenario)
+    cs.store(group="schema/scenario", name="pretrain", node=PretrainScenario)

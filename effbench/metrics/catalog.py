@@ -36,6 +36,12 @@ _SPECS = [
                "Time-average of sampled memory in use over the window."),
     MetricSpec("memory.amu", "fraction", False, "memory", "AMU",
                "Average Memory Utilization: time-average used memory / device total."),
+    MetricSpec("memory.peak_bytes_rank_mean", "B", False, "memory", "Peak mem (rank mean)",
+               "Data-parallel runs: mean over ranks of each rank's peak (memory.peak_bytes is the max)."),
+    MetricSpec("memory.kv_cache_bytes_per_token", "B/tok", False, "memory", "KV cache/token",
+               "Bytes one more token adds to the generation cache, measured from the cache tensors."),
+    MetricSpec("memory.kv_cache_bytes_per_token_analytic", "B/tok", False, "memory", "KV cache/token (analytic)",
+               "Bytes one token adds to the cache by the architecture's formula (MLA: the latent)."),
     # compute
     MetricSpec("compute.flops", "FLOP", None, "compute", "FLOPs",
                "FLOPs of one window counted with torch.utils.flop_counter."),
@@ -54,11 +60,21 @@ _SPECS = [
     MetricSpec("latency.tpot_s", "s", False, "latency", "TPOT", "(e2e − ttft) / (output tokens − 1)."),
     MetricSpec("latency.itl_s", "s", False, "latency", "ITL", "Every gap between consecutive tokens."),
     MetricSpec("latency.e2e_s", "s", False, "latency", "AL", "End-to-end request latency (the paper's AL)."),
+    MetricSpec("latency.step_s", "s", False, "latency", "AL (step)",
+               "Wall time of one optimizer step (all micro-batches), measured window only."),
     # throughput
     MetricSpec("throughput.prefill_tokens_per_s", "tok/s", True, "throughput", "Prefill tok/s",
                "Prompt tokens (whole batch) / TTFT."),
     MetricSpec("throughput.decode_tokens_per_s", "tok/s", True, "throughput", "IT",
                "Tokens generated after the first (whole batch) / (e2e − ttft): the paper's IT."),
+    MetricSpec("throughput.train_tokens_per_s", "tok/s", True, "throughput", "TT",
+               "Training tokens (all ranks) / measured window time: the paper's TT."),
+    MetricSpec("throughput.train_tokens_per_s_per_param", "tok/s/param", True, "throughput", "TT/param",
+               "TT divided by the parameter count, as the paper normalises it."),
+    MetricSpec("throughput.samples_per_s", "samples/s", True, "throughput", "ST",
+               "Fine-tuning samples (all ranks) / measured window time: the paper's ST."),
+    MetricSpec("throughput.samples_per_s_per_param", "samples/s/param", True, "throughput", "ST/param",
+               "ST divided by the parameter count, as the paper normalises it."),
     # energy
     MetricSpec("energy.joules", "J", False, "energy", "Energy", "Energy over the window."),
     MetricSpec("energy.avg_power_w", "W", False, "energy", "AEC",
@@ -78,11 +94,21 @@ _SPECS = [
                "Serialized size of the same model at the baseline precision."),
     MetricSpec("compression.ratio", "x", True, "compression", "Compression",
                "Baseline size / size."),
+    MetricSpec("compression.mcr", "x", True, "compression", "MCR",
+               "Model Compression Rate: ratio × quality ratio to the baseline run (perplexity: baseline ppl / ppl)."),
     # quality
     MetricSpec("quality.loss", "nat/token", False, "quality", "Loss", "Mean next-token NLL on held-out text."),
     MetricSpec("quality.perplexity", "", False, "quality", "Perplexity", "exp(held-out loss)."),
+    MetricSpec("quality.train_loss", "nat/token", False, "quality", "Train loss",
+               "Training loss; samples are every optimizer step in order (the loss curve)."),
+    MetricSpec("quality.eval_loss", "nat/token", False, "quality", "Eval loss",
+               "Held-out loss after each measured segment, in order; value = the last."),
     # model facts
     MetricSpec("model.parameters", "params", None, "model", "Params", "Parameter count."),
+    MetricSpec("model.active_parameters", "params", None, "model", "Active params",
+               "Parameters used per token (MoE: shared + top-k experts)."),
+    MetricSpec("model.trainable_parameters", "params", None, "model", "Trainable params",
+               "Parameters the optimizer updates (fine-tuning: adapter or unfrozen weights)."),
 ]
 
 CATALOG: dict[str, MetricSpec] = {s.name: s for s in _SPECS}

@@ -100,10 +100,12 @@ def _calibrated_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, bu
 class ComputeTracker:
     """PCU per window, and MFU from FLOPs counted once for the window's workload."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_window: int, flops_analytic: float):
+    def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_window: int, flops_analytic: float,
+                 analytic_rule: str = "2·N·tokens"):
         self.device = device
         self.flops = flops_per_window
         self.flops_analytic = flops_analytic
+        self.analytic_rule = analytic_rule
         self.peak = peak_flops(device, dtype)
         self._nvml = NvmlDevice.open(device)
         self._sampler = PollingSampler({"util": self._nvml.utilization}, 0.02) if self._nvml else None
@@ -136,7 +138,7 @@ class ComputeTracker:
         pcu_src = Source.SAMPLED if self._sampler else Source.TIMER
         return [
             make_metric("compute.flops", self.flops, Source.ANALYTIC, note="torch.utils.flop_counter, one window"),
-            make_metric("compute.flops_analytic", self.flops_analytic, Source.ANALYTIC, note="2·N·tokens"),
+            make_metric("compute.flops_analytic", self.flops_analytic, Source.ANALYTIC, note=self.analytic_rule),
             make_metric("compute.peak_flops_per_s", self.peak.flops_per_s, self.peak.source, note=self.peak.note),
             from_samples("compute.achieved_flops_per_s", self.achieved, Source.TIMER, "counted FLOPs / window time"),
             from_samples("compute.mfu", [a / self.peak.flops_per_s for a in self.achieved], Source.TIMER,

@@ -121,3 +121,44 @@ class CudaMemoryTracker:
 
 def memory_tracker(device: torch.device):
     return CudaMemoryTracker(device) if device.type == "cuda" else CpuMemoryTracker()
+
+
+def _tensor_bytes(obj, seen: set[int], depth: int = 0) -> int:
+    """Bytes of every distinct tensor reachable from a cache object (any cache
+    class: attention K/V layers, MLA, recurrent conv/SSM states)."""
+    if depth > 6:
+        return 0
+    if isinstance(obj, torch.Tensor):
+        key = obj.data_ptr()
+        if key in seen or obj.device.type == "meta":
+            return 0
+        seen.add(key)
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
+        items = vars(obj).values()
+    else:
+        return 0
+    return sum(_tensor_bytes(v, seen, depth + 1) for v in items)
+
+
+@torch.no_grad()
+def measured_kv_bytes_per_token(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
+    """Marginal cache bytes per token per sequence: prefill half the prompt and
+    the whole prompt, and divide the difference in cache size by the extra tokens.
+    The difference cancels constant state (recurrent models give ~0)."""
+    half = input_ids.shape[1] // 2
+    if half < 1:
+        raise ValueError("need a prompt of at least 2 tokens to measure the cache")
+    sizes = []
+    for length in (half, input_ids.shape[1]):
+        out = model(input_ids=input_ids[:, :length], use_cache=True)
+        # transformers renamed the output field over versions (past_key_values, cache_params, cache).
+        cache = next((out[k] for k in ("cache", "past_key_values", "cache_params") if k in out), None)
+        if cache is None:
+            raise ValueError(f"{type(model).__name__} returned no generation cache")
+        sizes.append(_tensor_bytes(cache, set()))
+    return (sizes[1] - sizes[0]) / (input_ids.shape[0] * (input_ids.shape[1] - half))

@@ -132,6 +132,8 @@ class RunRecord:
     tags: list[str] = field(default_factory=list)
     sweep_id: str | None = None
     duration_s: float | None = None
+    # A saved checkpoint (pretraining, fine-tuning): {"path", "sha256", "bytes"}.
+    artifact: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from effbench.config.schema import BuiltinModelConfig, HfModelConfig
+from effbench.config.schema import ArtifactModelConfig, BuiltinModelConfig, HfModelConfig
 from effbench.models.architectures import build_architecture
 
 
@@ -28,10 +28,18 @@ def _byte_tokenizer() -> PreTrainedTokenizerBase:
 TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {"byte": _byte_tokenizer}
 
 
+def build_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """`byte` (offline), or `hf:<hub id or directory>` for a real vocabulary
+    (e.g. hf:Qwen/Qwen2.5-0.5B, to give a paper-scale preset its embedding size)."""
+    if spec.startswith("hf:"):
+        return AutoTokenizer.from_pretrained(spec[3:])
+    if spec not in TOKENIZERS:
+        raise ValueError(f"model.tokenizer={spec!r}; choose {', '.join(TOKENIZERS)} or hf:<hub id or directory>")
+    return TOKENIZERS[spec]()
+
+
 def _build(cfg: BuiltinModelConfig) -> LoadedModel:
-    if cfg.tokenizer not in TOKENIZERS:
-        raise ValueError(f"model.tokenizer={cfg.tokenizer!r} is not built in; choose one of {', '.join(TOKENIZERS)}")
-    tok = TOKENIZERS[cfg.tokenizer]()
+    tok = build_tokenizer(cfg.tokenizer)
     torch.manual_seed(cfg.init_seed)  # same config, same weights
     model = build_architecture(cfg, len(tok))
     return LoadedModel(model.eval(), tok, cfg.name, "builtin")
@@ -44,6 +52,17 @@ def _from_pretrained(cfg: HfModelConfig, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), tok, cfg.name, "hf")
 
 
+def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
+    from effbench.artifacts import verified_path
+    from effbench.store import ResultStore
+
+    record = ResultStore(cfg.store_url, read_only=True).get(cfg.run_id)
+    path = verified_path(record.artifact, record.id)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return LoadedModel(model.eval(), tok, f"{record.model}+{record.technique}@{record.id[:8]}", "artifact")
+
+
 def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """`dtype` is the precision to load hub weights in; built-in models are
     always initialised in fp32 (init schemes assume it) and cast by the technique."""
@@ -51,7 +70,9 @@ def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:
         return _build(cfg)
     if cfg.source == "hf":
         return _from_pretrained(cfg, dtype)
-    raise ValueError(f"model.source={cfg.source!r}; choose builtin or hf")
+    if cfg.source == "artifact":
+        return _from_artifact(cfg, dtype)
+    raise ValueError(f"model.source={cfg.source!r}; choose builtin, hf or artifact")
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -54,6 +54,7 @@ class RunRow(Base):
     tags: Mapped[list] = mapped_column(JSON)
     sweep_id: Mapped[str | None] = mapped_column(String, index=True)
     duration_s: Mapped[float | None] = mapped_column(Double)
+    artifact: Mapped[dict | None] = mapped_column(JSON)
 
     metrics: Mapped[list[MetricRow]] = relationship(
         back_populates="run",

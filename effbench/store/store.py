@@ -105,6 +105,7 @@ def _to_row(record: RunRecord) -> RunRow:
         tags=record.tags,
         sweep_id=record.sweep_id,
         duration_s=record.duration_s,
+        artifact=record.artifact,
         metrics=[_to_metric_row(m) for m in record.metrics],
     )
 
@@ -154,6 +155,7 @@ def _from_row(row: RunRow) -> RunRecord:
         tags=row.tags,
         sweep_id=row.sweep_id,
         duration_s=row.duration_s,
+        artifact=row.artifact,
     )
 
 

@@ -200,6 +200,7 @@ _RUN_CHECKS: dict[str, Check] = {
     "tags": _list_of(_str),
     "sweep_id": _optional(_str),
     "duration_s": _optional(_nonnegative),
+    "artifact": _optional(_json_object),
 }
 # Whatever RunRecord gives a default may be left out.
 _RUN_REQUIRED = {f.name for f in fields(RunRecord) if f.default is MISSING and f.default_factory is MISSING}

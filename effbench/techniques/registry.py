@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -31,6 +32,8 @@ class TechniqueSpec:
     compute_dtype: Callable[[TechniqueConfig], torch.dtype] = lambda cfg: torch.float32
     # dtype to load hub weights in: loading a large model in fp32 only to cast it wastes memory
     load_dtype: Callable[[TechniqueConfig], torch.dtype] = lambda cfg: torch.float32
+    # (model config, technique config) -> model config to build: architecture variants change it
+    configure_model: Callable[[Any, TechniqueConfig], Any] = lambda model_cfg, cfg: model_cfg
 
     def check_device(self, device: torch.device) -> None:
         if device.type not in self.devices:
