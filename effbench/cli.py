@@ -19,6 +19,8 @@ Commands:
   show     one run in full: config, hardware, every metric with its samples
   export   runs to JSON (full records), CSV or Parquet (one row per metric)
   import   JSON run records (validated; re-import adds nothing)
+  gate     CI regression gate: candidate vs baseline runs, noise-aware (exit 1 on regression)
+  leaderboard  the leaderboard website (Streamlit) over the store, read-only
 
 Examples:
   effbench run                                  # tiny-llama × fp32 on this machine
@@ -125,6 +127,30 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_leaderboard(args) -> int:
+    """Become `streamlit run leaderboard/app.py` (through `python -m leaderboard`, which imports the
+    pages first). The store URL goes by environment, so a password in it stays out of the process list."""
+    from sqlalchemy.engine import make_url
+
+    import leaderboard
+    from effbench.store.store import default_url
+
+    url = args.db or default_url()
+    app = os.path.join(next(iter(leaderboard.__path__)), "app.py")
+    print(f"effbench leaderboard: http://{args.host}:{args.port} (store {make_url(url).render_as_string()})",
+          flush=True)
+    os.execve(sys.executable, [sys.executable, "-m", "leaderboard", "run", app, "--server.headless", "true",
+                               "--server.port", str(args.port), "--server.address", args.host,
+                               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"],
+              {**os.environ, "EFFBENCH_DB_URL": url})
+
+
+def cmd_gate(args) -> int:
+    from effbench.gate.cli import cmd_gate as gate
+
+    return gate(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="effbench", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     im = with_db(sub.add_parser("import", help="import JSON run records (validated, idempotent)"))
     im.add_argument("path")
     im.set_defaults(func=cmd_import)
+
+    from effbench.gate.cli import HELP as GATE_HELP, add_arguments as gate_arguments
+
+    gt = with_db(sub.add_parser("gate", help="CI regression gate: candidate vs baseline (exit 1 on regression)",
+                                description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+    gate_arguments(gt)
+    gt.set_defaults(func=cmd_gate)
+
+    lb = with_db(sub.add_parser("leaderboard", help="the leaderboard website over the store (read-only)"))
+    lb.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    lb.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    lb.set_defaults(func=cmd_leaderboard)
     return p
 
 

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from effbench import distributed, techniques
+from effbench import device_pinning, distributed, techniques
 from effbench.artifacts import discard_partial
 from effbench.config.schema import NON_IDENTITY_KEYS, RunConfig
 from effbench.hardware import describe_hardware, describe_software, hardware_label, resolve_device
@@ -70,14 +70,41 @@ def validate(cfg: DictConfig) -> RunConfig:
     spec = techniques.get_technique(run_cfg.technique.method)
     try:
         model_cfg = spec.configure_model(run_cfg.model, run_cfg.technique)
+        meta = None
         if model_cfg.source == "builtin":
             # Building on the meta device allocates nothing and runs every
             # shape check a real build would: bad combinations fail here.
             with torch.device("meta"):
-                build_architecture(model_cfg, vocab_size=384)
+                meta = build_architecture(model_cfg, vocab_size=384)
+        if spec.check is not None:
+            # The technique's own check on that model (e.g. LoRA target modules it lacks).
+            meta = meta if meta is not None else _meta_pretrained(model_cfg)
+            if meta is not None:
+                spec.check(meta, run_cfg.technique)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return run_cfg
+
+
+def _meta_pretrained(model_cfg) -> torch.nn.Module | None:
+    """A hub or artifact model built on the meta device from its config.json;
+    None when that cannot be read here (the run itself reports why)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        if model_cfg.source == "artifact":
+            record = ResultStore(model_cfg.store_url, read_only=True).get(model_cfg.run_id)
+            config = AutoConfig.from_pretrained(Path(record.artifact["path"]))
+        else:
+            config = AutoConfig.from_pretrained(model_cfg.id, revision=model_cfg.revision,
+                                                trust_remote_code=model_cfg.trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=getattr(model_cfg, "trust_remote_code",
+                                                                                      False))
+    except Exception:  # noqa: BLE001 - unreadable here: the run's own load names the problem
+        return None
 
 
 def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
@@ -87,6 +114,10 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
     dist = distributed.from_env(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
+    try:  # parallel sweep jobs must not share a GPU (effbench.device_pinning)
+        device_facts = device_pinning.check_current_job(device.type)
+    except device_pinning.SharedDeviceError as e:
+        raise ConfigError(str(e)) from None
     store = ResultStore(run_cfg.store.url)
     digest = config_hash(cfg)
     # Rank 0 decides for all ranks, so none waits in a collective the others skipped.
@@ -112,6 +143,7 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
     hardware = describe_hardware(device)
     if dist.enabled:
         hardware["world_size"] = dist.world_size
+    hardware.update(device_facts)
     record = RunRecord(
         id=run_id,
         created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),

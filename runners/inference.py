@@ -13,12 +13,14 @@ from effbench.metrics.compression import compression_metrics, serialized_size_at
 from effbench.metrics.compute import ComputeTracker, count_flops
 from effbench.metrics.energy import energy_tracker
 from effbench.metrics.latency import TokenTimer, latency_metrics
+from effbench.metrics.mcr import baseline_quality, mcr_metrics
 from effbench.metrics.memory import measured_kv_bytes_per_token, memory_tracker
 from effbench.metrics.quality import perplexity_metrics
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.throughput import throughput_metrics
 from effbench.metrics.window import MeasuredWindow
 from effbench.models import load_model, parameter_counts
+from effbench.quality.lm_eval_runner import lm_eval_metrics
 from effbench.models.architectures.base import kv_cache_bytes_per_token
 from effbench.techniques import get_technique
 from runners.base import RunContext, ScenarioResult
@@ -63,6 +65,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     params = parameter_counts(model)
     base = baseline_dtype(device)
     baseline_size = serialized_size_at(model, base)
+    mcr_baseline = baseline_quality(cfg, model, tok, device, base)  # before the technique changes the model
     model = technique.apply(model, cfg.technique, device)
     size = serialized_size_bytes(model)
 
@@ -102,6 +105,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
             bar.update()
         kv_measured = measured_kv_bytes_per_token(model, input_ids)
         quality = perplexity_metrics(model, heldout_ids[: sc.eval_max_tokens], sc.eval_context, device)
+        quality += lm_eval_metrics(model, tok, cfg.quality, device, cfg.seed)
         bar.update()
     bar.close()
 
@@ -111,6 +115,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
         *throughput_metrics(requests, sc.batch_size, sc.prompt_tokens),
         *compression_metrics(size, baseline_size, str(base).removeprefix("torch.")),
         *quality,
+        *mcr_metrics(mcr_baseline, baseline_size / size, quality),
         *kv_cache_metrics(model, kv_measured),
         make_metric("model.parameters", params["total"], Source.ANALYTIC, note="sum of parameter numel"),
     ], model_name=loaded.name)

@@ -26,3 +26,23 @@ def tiny(tiny_cfg):
 @pytest.fixture
 def cpu():
     return torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_cfg):
+    """A tiny Llama trained briefly on the bundled corpus's train split (plain AdamW loop)."""
+    from effbench.data import load_corpus
+    from effbench.models import load_model
+
+    loaded = load_model(tiny_cfg)
+    model = loaded.model.train()
+    ids = torch.tensor(loaded.tokenizer(load_corpus().train_text, add_special_tokens=False).input_ids)
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        starts = torch.randint(0, len(ids) - 129, (16,), generator=gen).tolist()
+        x = torch.stack([ids[s : s + 128] for s in starts])
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval(), loaded.tokenizer

@@ -110,12 +110,55 @@ class PretrainScenario:
 
 
 @dataclass
+class FinetuneScenario:
+    """Fine-tune a base model on instruction/response examples (loss on response
+    tokens only) for a sample or step budget; the first warmup_steps are not measured.
+    Data: the run's `data` group (pydoc: instructions derived from the bundled docs,
+    see effbench.data.sft; local: a .jsonl of examples)."""
+
+    name: str = "finetune"
+    seq_len: int = 512  # tokens per row; longer examples are cut (an example whose prompt fills it is dropped)
+    packing: bool = False  # true: examples packed into full seq_len rows; false: one example per row, padded
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    sample_budget: int = 2048  # training rows, all ranks, warm-up included (rounded up to whole segments)
+    max_steps: Optional[int] = None  # a step budget instead (optimizer steps incl. warm-up); wins over sample_budget
+    warmup_steps: int = 3  # optimizer steps before the measured window
+    eval_every: int = 20  # optimizer steps per measured segment; held-out loss between segments
+    eval_samples: int = 64  # held-out examples evaluated between segments
+    final_eval_samples: int = 512  # held-out examples of the final quality.loss / perplexity
+    lr: float = 1e-3  # a technique's own lr (technique.lr) wins
+    lr_warmup_steps: int = 5  # of the cosine schedule
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto (bf16 autocast on a GPU that has it, else fp32) | fp32 | bf16
+    instruction_field: str = "instruction"  # data=local: the JSONL fields (Alpaca-style)
+    input_field: str = "input"
+    output_field: str = "output"
+    merge_adapter: bool = False  # merge the adapter into the base weights after training (timed: latency.merge_s)
+    save_artifact: bool = True  # the adapter (or the full / merged weights)
+
+
+@dataclass
 class DataConfig:
     source: str = "pydoc"  # pydoc | stdlib | local
     path: Optional[str] = None
     text_field: str = "text"
     heldout_fraction: float = 0.1
     max_chars: Optional[int] = 2_000_000
+
+
+@dataclass
+class QualityConfig:
+    """lm-eval tasks run on the loaded (and quantized) model after the measured
+    windows. Names resolve against lm-eval's registry (network needed for hub
+    datasets), effbench's offline suite, and `include_path` (your task YAMLs)."""
+
+    tasks: list[str] = field(default_factory=list)
+    include_path: Optional[str] = None
+    num_fewshot: Optional[int] = None
+    limit: Optional[int] = None  # documents per task (None: all)
+    batch_size: int = 8
 
 
 @dataclass
@@ -135,6 +178,7 @@ class RunConfig:
     technique: Any = MISSING
     scenario: Any = MISSING
     data: DataConfig = field(default_factory=DataConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     seed: int = 0
@@ -155,3 +199,4 @@ def register_schemas(cs: ConfigStore | None = None) -> None:
     cs.store(group="schema/model", name="artifact", node=ArtifactModelConfig)
     cs.store(group="schema/scenario", name="inference", node=InferenceScenario)
     cs.store(group="schema/scenario", name="pretrain", node=PretrainScenario)
+    cs.store(group="schema/scenario", name="finetune", node=FinetuneScenario)

@@ -109,6 +109,11 @@ _SPECS = [
                "Parameters used per token (MoE: shared + top-k experts)."),
     MetricSpec("model.trainable_parameters", "params", None, "model", "Trainable params",
                "Parameters the optimizer updates (fine-tuning: adapter or unfrozen weights)."),
+    # fine-tuning
+    MetricSpec("latency.merge_s", "s", False, "latency", "Merge time",
+               "Wall time to merge a trained adapter into the base weights (scenario.merge_adapter)."),
+    MetricSpec("quality.base_loss", "nat/token", False, "quality", "Loss before FT",
+               "Held-out loss of the fine-tuning set at step 0, before any update (same data as quality.loss)."),
 ]
 
 CATALOG: dict[str, MetricSpec] = {s.name: s for s in _SPECS}

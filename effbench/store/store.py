@@ -170,6 +170,15 @@ class ResultStore:
     (SPEC §4). A read-only store is enforced by the database, not just here.
     """
 
+    def __new__(cls, url: str | None = None, read_only: bool = False):
+        # A `json://DIR` URL is a directory of per-run JSON files (effbench.store.jsondir):
+        # the same calls work on it, so sweep jobs need not know which they write to.
+        from effbench.store.jsondir import JsonDirStore, is_json_dir_url
+
+        if cls is ResultStore and is_json_dir_url(url or default_url()):
+            return JsonDirStore(url or default_url(), read_only=read_only)
+        return super().__new__(cls)
+
     def __init__(self, url: str | None = None, read_only: bool = False) -> None:
         self.url = make_url(url or default_url())
         self.read_only = read_only
@@ -320,11 +329,16 @@ class ResultStore:
         return len(frame)
 
     def import_json(self, path: str | os.PathLike[str]) -> tuple[int, int]:
-        """Add the runs of a json export; returns (added, already present by id).
+        """Add the runs of a json export (or of a directory of per-job JSON records);
+        returns (added, already present by id).
 
         Every record is validated before anything is written, and all new ones
         go in one transaction, so a bad file leaves the store as it was.
         """
+        if Path(path).is_dir():  # per-job records of a sweep (store.url=json://DIR)
+            from effbench.store.jsondir import import_json_dir
+
+            return import_json_dir(self, path)
         try:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as e:

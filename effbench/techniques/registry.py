@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -34,6 +34,15 @@ class TechniqueSpec:
     load_dtype: Callable[[TechniqueConfig], torch.dtype] = lambda cfg: torch.float32
     # (model config, technique config) -> model config to build: architecture variants change it
     configure_model: Callable[[Any, TechniqueConfig], Any] = lambda model_cfg, cfg: model_cfg
+    # (model built on the meta device, technique config) -> None; raises ValueError for a config that cannot
+    # apply to this model (e.g. a LoRA target module it lacks): called by effbench.execute.validate
+    check: Optional[Callable[[torch.nn.Module, TechniqueConfig], None]] = None
+    # (model after apply, technique config, lr, weight decay) -> the optimizer over its trainable parameters
+    # (e.g. LoRA+'s per-matrix learning rates); None: the scenario's AdamW over them
+    optimizer: Optional[Callable[[torch.nn.Module, TechniqueConfig, float, float], torch.optim.Optimizer]] = None
+    # (trained model, technique config) -> what `save_pretrained` writes as the run's artifact (e.g. PiSSA's
+    # adapter converted for the original base weights); None: the model itself
+    export: Optional[Callable[[torch.nn.Module, TechniqueConfig], Any]] = None
 
     def check_device(self, device: torch.device) -> None:
         if device.type not in self.devices:

@@ -1,0 +1,127 @@
+"""`hydra/launcher=gpu_pinned`: a multi-GPU node without SLURM, one GPU per job.
+
+Each job runs in a fresh process (submitit's local executor) whose
+CUDA_VISIBLE_DEVICES names one GPU of a pool; a GPU takes its next job only when
+its current one has ended, so no two measuring jobs share a device (unless
+`jobs_per_gpu` > 1 with `allow_shared_gpu=true`). A fresh process per job
+matters: CUDA reads CUDA_VISIBLE_DEVICES once, when a process first touches it,
+so a reused worker (joblib's) cannot be moved to another GPU.
+
+    effbench run --multirun hydra/launcher=gpu_pinned technique=fp32,bf16,fp16,int8 model=...
+    effbench run --multirun hydra/launcher=gpu_pinned hydra.launcher.gpus=[0,1] ...
+
+Options (besides submitit's local ones: timeout_min, submitit_folder, ...):
+  gpus: null = all visible (CUDA_VISIBLE_DEVICES, else nvidia-smi), or a list of indices
+  jobs_per_gpu: 1; more is refused unless allow_shared_gpu=true (see effbench.device_pinning)
+"""
+
+# No `from __future__ import annotations`: Hydra execs plugin modules before they are in
+# sys.modules, and dataclasses then cannot resolve string annotations.
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, filter_overrides
+from hydra.errors import HydraException
+from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+from hydra_plugins.effbench_launcher._common import JobSidePickling
+
+from effbench.device_pinning import (ENV_ALLOW_SHARED, ENV_JOBS_PER_DEVICE, ENV_PINNED_GPU, SharedDeviceError,
+                                     detect_gpus, plan_slots)
+
+log = logging.getLogger(__name__)
+
+_OWN_KEYS = ("gpus", "jobs_per_gpu", "allow_shared_gpu")
+
+
+@dataclass
+class GpuPinnedLauncherConf(LocalQueueConf):
+    _target_: str = "hydra_plugins.effbench_launcher.gpu_pinned.GpuPinnedLauncher"
+    # null: every GPU this process may use; or a list of device indices
+    gpus: Optional[List[int]] = None
+    # concurrent jobs per GPU; > 1 is refused unless allow_shared_gpu
+    jobs_per_gpu: int = 1
+    allow_shared_gpu: bool = False
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="gpu_pinned", node=GpuPinnedLauncherConf,
+                             provider="effbench")
+
+
+class GpuPinnedLauncher(JobSidePickling, BaseSubmititLauncher):
+    _EXECUTOR = "local"
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.gpus = self.params.pop("gpus", None)
+        self.jobs_per_gpu = int(self.params.pop("jobs_per_gpu", 1))
+        self.allow_shared_gpu = bool(self.params.pop("allow_shared_gpu", False))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        # In the job's own process: submitit's controller has set CUDA_VISIBLE_DEVICES.
+        os.environ[ENV_PINNED_GPU] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        os.environ[ENV_JOBS_PER_DEVICE] = str(self.jobs_per_gpu)
+        if self.allow_shared_gpu:
+            os.environ[ENV_ALLOW_SHARED] = "1"
+        return super().__call__(*args, **kwargs)
+
+    def slots(self) -> List[int]:
+        gpus = list(self.gpus) if self.gpus is not None else detect_gpus()
+        try:
+            return plan_slots(gpus, self.jobs_per_gpu, self.allow_shared_gpu)
+        except SharedDeviceError as e:
+            raise HydraException(f"hydra/launcher=gpu_pinned: {e}") from None
+
+    def _executor(self, gpu: int):
+        import submitit
+
+        executor = submitit.LocalExecutor(folder=self.params["submitit_folder"])
+        params = {k: v for k, v in self.params.items() if k not in ("submitit_folder", "gpus_per_node")}
+        executor.update_parameters(**params, gpus_per_node=1, visible_gpus=(gpu,))
+        return executor
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        slots = self.slots()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"gpu_pinned: {len(job_overrides)} jobs on GPUs {sorted(set(slots))}, "
+                 f"{self.jobs_per_gpu} at a time per GPU; sweep output dir: {sweep_dir}")
+        todo: queue.Queue = queue.Queue()
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            todo.put((i, (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())))
+        results: List[Optional[JobReturn]] = [None] * len(job_overrides)
+        errors: List[BaseException] = []
+
+        def worker(gpu: int) -> None:
+            executor = self._executor(gpu)
+            while True:
+                try:
+                    i, params = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    job = executor.submit(self, *params)
+                    log.info(f"\t#{params[2]} → GPU {gpu} (submitit job {job.job_id})")
+                    results[i] = job.results()[0]
+                except BaseException as e:  # a killed or crashed job: the others go on; raised at the end
+                    errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(gpu,), name=f"gpu{gpu}", daemon=True) for gpu in slots]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return [r for r in results if r is not None]

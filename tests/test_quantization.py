@@ -1,0 +1,272 @@
+"""Quantization techniques (inference axis): honest sizes against each format's
+analytic bytes, sizes that survive a save and reload, outputs and perplexity
+close to fp32 on a trained checkpoint, MCR from stored runs, GPU-only skips.
+
+One tiny Llama is trained once for the module (pretrain scenario, 32 steps of
+8 × 128 bytes: held-out perplexity ≈ 19, a random one's ≈ 390):
+hidden 256, intermediate 1024, 2 layers and the 384-token byte vocabulary, so
+the 14 linear layers hold 91% of the fp32 bytes (embeddings, lm_head and norms
+stay fp32 in every technique and are counted as such).
+"""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from effbench.config.schema import ArtifactModelConfig
+from effbench.data import load_corpus
+from effbench.execute import execute
+from effbench.hydra_app import CONFIG_DIR
+from effbench.metrics.compression import serialized_size_at, serialized_size_bytes
+from effbench.metrics.mcr import baseline_quality, mcr_metrics
+from effbench.metrics.record import Status
+from effbench.models import load_model
+from effbench.store import ResultStore
+from effbench.techniques import UnsupportedTechnique, get_technique
+
+CPU = torch.device("cpu")
+TRAIN = ["scenario=pretrain", "model=tiny", "model.hidden_size=256", "model.num_layers=2", "model.num_heads=4",
+         "model.intermediate_size=1024", "hardware.device=cpu", "scenario.token_budget=32768", "scenario.seq_len=128",
+         "scenario.micro_batch_size=8", "scenario.eval_every=15", "scenario.warmup_steps=2",
+         "scenario.eval_tokens=2048"]
+FAST = ["hardware.device=cpu", "scenario.prompt_tokens=32", "scenario.output_tokens=8", "scenario.repeats=2",
+        "scenario.warmup=1", "scenario.eval_max_tokens=2048", "scenario.eval_context=128"]
+INT8 = ["bnb-int8", "quanto-qint8", "torchao-int8-wo", "torchao-int8-dyn"]
+INT4 = ["bnb-nf4", "bnb-fp4", "quanto-qint4", "hqq-4bit"]
+
+
+# Bytes one quantized nn.Linear of out×in weights takes in each format (n = out·in):
+# packed weights + scales / zero points (fp32 on a CPU) + fixed per-layer state.
+def _nf4(out, inp):  # 2 weights/byte, fp32 absmax per 64-block, 16-entry fp32 code book, quant-state blob
+    n = out * inp
+    return n // 2 + n // 64 * 4 + 16 * 4 + 80
+
+
+FORMAT_BYTES = {
+    "bnb-nf4": _nf4,
+    "bnb-fp4": _nf4,
+    "bnb-int8": lambda out, inp: out * inp + out * 4 + 1,  # int8 + fp32 row scale (SCB) + format byte
+    "quanto-qint8": lambda out, inp: out * inp + out * 4 + 8,  # int8 + fp32 row scale + in/out scale scalars
+    "quanto-qint4": lambda out, inp: out * inp // 2 + (out * inp // 128) * 8 + 8,  # + fp32 scale & shift per 128
+    "hqq-4bit": lambda out, inp: out * inp // 2 + (out * inp // 64) * 8,  # + fp32 scale & zero per 64
+    "torchao-int8-wo": lambda out, inp: out * inp + out * 4 + out,  # int8 + fp32 scale + int8 zero per row
+    "torchao-int8-dyn": lambda out, inp: out * inp + out * 4 + out,
+}
+# Relative logit error ‖q − fp32‖ / ‖fp32‖ and perplexity ratio bounds on the trained checkpoint
+# (measured here: int8 ≤ 0.001 and ≤ 1.0001; 4-bit ≤ 0.004 and ≤ 1.0005; bf16 gives 0.002).
+LOGIT_ERR = {**dict.fromkeys(INT8, 0.003), **dict.fromkeys(INT4, 0.012)}
+PPL_RATIO = {**dict.fromkeys(INT8, 1.001), **dict.fromkeys(INT4, 1.005)}
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def technique_cfg(name):
+    return OmegaConf.to_object(compose_cfg([f"technique={name}"])).technique
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quant")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EFFBENCH_ARTIFACTS", str(d / "artifacts"))
+    url = f"sqlite:///{d}/s.db"
+    r = execute(compose_cfg([*TRAIN, f"store.url={url}"]))
+    assert r.status is Status.OK, r.error
+    model_cfg = ArtifactModelConfig(run_id=r.id, store_url=url)
+    loaded = load_model(model_cfg)
+    ids = loaded.tokenizer(load_corpus().heldout_text, add_special_tokens=False).input_ids[:2048]
+    chunks = torch.tensor(ids).view(8, 256)
+    with torch.no_grad():
+        logits = loaded.model(chunks).logits
+    yield SimpleNamespace(dir=d, url=url, run_id=r.id, model_cfg=model_cfg, fp32=loaded.model, tok=loaded.tokenizer,
+                          ids=ids, chunks=chunks, logits=logits, ppl=perplexity(logits, chunks))
+    mp.undo()
+
+
+def perplexity(logits, chunks):
+    """exp of the mean next-token NLL over the chunks (as effbench.metrics.quality.heldout_loss)."""
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), chunks[:, 1:].flatten())
+    return math.exp(nll.item())
+
+
+@pytest.fixture(scope="module")
+def quantized(trained):
+    """Each CPU technique applied to a fresh copy of the checkpoint, sized right
+    after `apply` (before any forward: bitsandbytes repacks on its first one)."""
+    out = {}
+    for name in INT8 + INT4:
+        cfg = technique_cfg(name)
+        model = get_technique(cfg.method).apply(load_model(trained.model_cfg).model, cfg, CPU)
+        out[name] = (model, serialized_size_bytes(model))
+    return out
+
+
+def expected_bytes(fp32: torch.nn.Module, name: str) -> int:
+    """fp32 bytes of every tensor kept in float, plus the format's bytes of each quantized linear."""
+    fmt, total = FORMAT_BYTES[name], 0
+    for mod_name, module in fp32.named_modules():
+        if isinstance(module, torch.nn.Linear) and mod_name != "lm_head":
+            total += fmt(*module.weight.shape)
+        else:
+            total += sum(p.numel() * 4 for p in module.parameters(recurse=False))
+    return total
+
+
+@pytest.mark.parametrize("name", INT4 + INT8)
+def test_compression_ratio_is_the_formats(trained, quantized, name):
+    _, size = quantized[name]
+    fp32_bytes = serialized_size_at(trained.fp32, torch.float32)
+    expected = expected_bytes(trained.fp32, name)
+    # The file holds at least the format's bytes; the rest is safetensors' header
+    # (names, shapes) and small per-layer metadata: under 2% here.
+    assert expected <= size <= expected * 1.02
+    assert fp32_bytes / size == pytest.approx(fp32_bytes / expected, rel=0.02)
+    assert fp32_bytes / size > (4.3 if name in INT4 else 3.1)  # linears 91% of the bytes, the rest fp32
+    assert "safetensors" in size.how
+
+
+def test_sizes_equal_a_save_and_reload(trained, quantized, tmp_path):
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+    from optimum.quanto import quantization_map, requantize
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from effbench.techniques.quant_common import replace_module
+
+    x = torch.tensor(trained.ids[:256]).view(2, 128)
+
+    # bitsandbytes: transformers' own save_pretrained / from_pretrained (a fresh
+    # model: the fixture's may have run a forward, which repacks on a CPU).
+    cfg = technique_cfg("bnb-nf4")
+    bnb = get_technique(cfg.method).apply(load_model(trained.model_cfg).model, cfg, CPU)
+    size = serialized_size_bytes(bnb)
+    assert size == quantized["bnb-nf4"][1]
+    bnb.save_pretrained(tmp_path / "bnb")
+    on_disk = (tmp_path / "bnb" / "model.safetensors").stat().st_size
+    assert on_disk == pytest.approx(size, rel=0.005)  # same tensors; header metadata differs by a few bytes
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "bnb", device_map="cpu")
+    assert serialized_size_bytes(reloaded) == size
+
+    # optimum-quanto: safetensors of the state dict, requantize() into a fresh model.
+    q, size = quantized["quanto-qint4"]
+    path = str(tmp_path / "quanto.safetensors")
+    save_file(q.state_dict(), path)
+    assert (tmp_path / "quanto.safetensors").stat().st_size == pytest.approx(size, rel=0.005)
+    r = load_model(trained.model_cfg).model
+    requantize(r, load_file(path), quantization_map(q), device=CPU)
+    assert serialized_size_bytes(r) == size
+    with torch.no_grad():
+        assert torch.equal(r(x).logits, q(x).logits)
+
+    # torchao: torch.save of the tensor subclasses, loaded back with assign=True.
+    t, size = quantized["torchao-int8-wo"]
+    torch.save(t.state_dict(), tmp_path / "ao.pt")
+    r = load_model(trained.model_cfg).model
+    r.load_state_dict(torch.load(tmp_path / "ao.pt", weights_only=False), assign=True)
+    assert type(r.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
+    assert serialized_size_bytes(r) == size
+    with torch.no_grad():
+        assert torch.equal(r(x).logits, t(x).logits)
+
+    # HQQ: each HQQLinear's state dict into an empty HQQLinear.
+    h, size = quantized["hqq-4bit"]
+    sd = h.state_dict()
+    r = load_model(trained.model_cfg).model
+    for name, module in h.named_modules():
+        if isinstance(module, HQQLinear):
+            empty = HQQLinear(None, quant_config=BaseQuantizeConfig(nbits=4, group_size=64),
+                              compute_dtype=torch.float32, device="cpu")
+            empty.load_state_dict({k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")})
+            replace_module(r, name, empty)
+    assert serialized_size_bytes(r) == size
+    with torch.no_grad():
+        assert torch.equal(r(x).logits, h(x).logits)
+
+
+@pytest.mark.parametrize("name", INT8 + INT4)
+def test_outputs_and_perplexity_stay_close_to_fp32(trained, quantized, name):
+    model, _ = quantized[name]
+    with torch.no_grad():
+        out = model(trained.chunks).logits.float()
+    err = ((out - trained.logits).norm() / trained.logits.norm()).item()
+    assert 1e-6 < err < LOGIT_ERR[name]  # really quantized, and close
+    assert perplexity(out, trained.chunks) / trained.ppl < PPL_RATIO[name]
+
+
+@pytest.mark.parametrize("name", ["bnb-nf4", "quanto-qint4"])
+def test_generate_under_inference_mode_with_odd_shapes(name):
+    """The scenarios run under torch.inference_mode, and the tiny preset's MLP width
+    (688) is not a multiple of 32 or 128: bitsandbytes' CPU 4-bit fast path and
+    quanto's packed int4 used to fail there."""
+    from effbench.config.schema import BuiltinModelConfig
+
+    loaded = load_model(BuiltinModelConfig(name="odd", hidden_size=64, num_layers=1, num_heads=2,
+                                           intermediate_size=172))
+    cfg = technique_cfg(name)
+    model = get_technique(cfg.method).apply(loaded.model, cfg, CPU)
+    x = torch.randint(0, 300, (1, 8))
+    with torch.inference_mode():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=3, min_new_tokens=3,
+                             do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 11)
+
+
+def _infer(trained, technique, url, *extra):
+    return execute(compose_cfg(["model=artifact", f"model.run_id={trained.run_id}", f"model.store_url={trained.url}",
+                                f"technique={technique}", f"store.url={url}", *FAST, *extra]))
+
+
+def test_mcr_from_stored_rows_matches_a_hand_computation(trained):
+    url = f"sqlite:///{trained.dir}/mcr.db"
+    base = _infer(trained, "fp32", url)
+    quant = _infer(trained, "quanto-qint4", url)
+    assert base.status is Status.OK and quant.status is Status.OK, (base.error, quant.error)
+    stored = {r.technique: r for r in ResultStore(url).runs()}
+    b, q = stored["fp32"], stored["quanto-qint4"]
+    value = lambda r, k: r.metric(k).value  # noqa: E731
+    assert value(b, "compression.mcr") == pytest.approx(1.0)
+    hand = value(q, "compression.ratio") * value(b, "quality.perplexity") / value(q, "quality.perplexity")
+    assert value(q, "compression.mcr") == pytest.approx(hand, rel=1e-9)
+    assert b.id in q.metric("compression.mcr").note
+    assert value(q, "compression.ratio") > 4
+
+    # No fp32 run in a store: the baseline perplexity is measured in-process on the
+    # model before the technique is applied, on the same held-out tokens.
+    cfg = OmegaConf.to_object(compose_cfg(["model=artifact", f"model.run_id={trained.run_id}",
+                                           f"model.store_url={trained.url}", "technique=quanto-qint4",
+                                           f"store.url=sqlite:///{trained.dir}/empty.db", *FAST]))
+    ResultStore(cfg.store.url).close()  # an empty store
+    baseline = baseline_quality(cfg, trained.fp32, trained.tok, CPU, torch.float32)
+    assert baseline.run_id is None and "in-process" in baseline.note
+    assert baseline.perplexity == pytest.approx(value(b, "quality.perplexity"), rel=1e-6)
+    [mcr] = mcr_metrics(baseline, 4.0, q.metrics)
+    assert mcr.value == pytest.approx(4.0 * baseline.perplexity / value(q, "quality.perplexity"))
+
+
+@pytest.mark.parametrize(("technique", "package"), [("torchao-int4-wo", None), ("awq-int4", "gptqmodel"),
+                                                    ("gptq-int4", "gptqmodel")])
+def test_gpu_only_technique_is_stored_skipped_on_cpu(tmp_path, technique, package):
+    import importlib.util
+
+    url = f"sqlite:///{tmp_path}/skip.db"
+    r = execute(compose_cfg([f"technique={technique}", f"store.url={url}", *FAST]))
+    stored = ResultStore(url).get(r.id)
+    assert stored.status is Status.SKIPPED and stored.metrics == []
+    assert "needs a CUDA GPU" in stored.error and "device is cpu" in stored.error
+    if package and importlib.util.find_spec(package) is None:  # and what to install for the GPU machine
+        assert "pip install" in stored.error and package in stored.error.split("pip install")[1]
+
+
+def test_missing_backend_package_is_a_skip_reason_on_a_supported_device():
+    spec = get_technique("awq")
+    if not spec.missing_packages():
+        pytest.skip("gptqmodel is installed")
+    with pytest.raises(UnsupportedTechnique, match="pip install gptqmodel"):
+        spec.check_device(torch.device("cuda"))
