@@ -156,8 +156,9 @@ def measured_kv_bytes_per_token(model: torch.nn.Module, input_ids: torch.Tensor)
     sizes = []
     for length in (half, input_ids.shape[1]):
         out = model(input_ids=input_ids[:, :length], use_cache=True)
-        # transformers renamed the output field over versions (past_key_values, cache_params, cache).
-        cache = next((out[k] for k in ("cache", "past_key_values", "cache_params") if k in out), None)
+        # The field differs by family and version: past_key_values / cache (attention),
+        # cache_params (Mamba), state (RWKV).
+        cache = next((out[k] for k in ("cache", "past_key_values", "cache_params", "state") if k in out), None)
         if cache is None:
             raise ValueError(f"{type(model).__name__} returned no generation cache")
         sizes.append(_tensor_bytes(cache, set()))
