@@ -193,3 +193,30 @@ def test_measured_kv_cache_per_token_equals_the_formula(tiny_cfg, kv_heads):
     head_dim = tiny_cfg.hidden_size // tiny_cfg.num_heads
     expected = 2 * tiny_cfg.num_layers * kv_heads * head_dim * 4  # K and V, fp32
     assert measured_kv_bytes_per_token(model, torch.randint(3, 256, (2, 32))) == expected
+
+
+def test_grouped_mm_of_moe_experts_is_counted():
+    tokens, k, n, experts = 8, 8, 4, 2  # grouped_mm wants 16-byte-aligned strides
+    a, b = torch.randn(tokens, k), torch.randn(experts, k, n)
+    offs = torch.tensor([2, tokens], dtype=torch.int32)  # rows 0-1 → expert 0, rows 2-7 → expert 1
+    assert count_flops(lambda: torch._grouped_mm(a, b, offs=offs)) == 2 * tokens * k * n
+    # Weight-gradient form: K split into groups, one M × N output per group.
+    x, g = torch.randn(k, tokens), torch.randn(tokens, n)
+    assert count_flops(lambda: torch._grouped_mm(x, g, offs=offs)) == 2 * k * tokens * n
+
+
+def test_moe_training_flops_match_the_dense_model_of_equal_active_width(tiny_cfg):
+    """Top-2 of 8 experts each 1/2 the dense FFN width: per token the same FFN FLOPs as the
+    dense model (plus the router), so the counted totals agree closely."""
+    from dataclasses import replace
+
+    from effbench.models import load_model
+
+    x = torch.randint(3, 256, (2, 32))
+    counted = {}
+    for arch, opts in (("llama", {}), ("mixtral", {"num_experts": 8, "top_k": 2})):
+        # The sweep's tiny width (expert 344 = 688 / 2): grouped_mm needs 16-byte-aligned strides.
+        model = load_model(replace(tiny_cfg, arch=arch, arch_options=opts, hidden_size=256, num_heads=8,
+                                   num_layers=1, intermediate_size=688)).model
+        counted[arch] = count_flops(lambda: model(input_ids=x, labels=x).loss.backward())
+    assert counted["mixtral"] == pytest.approx(counted["llama"], rel=0.05)

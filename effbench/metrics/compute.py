@@ -43,6 +43,28 @@ def _register_cpu_sdpa_formulas() -> None:
 _register_cpu_sdpa_formulas()
 
 
+def _register_grouped_mm_formula() -> None:
+    """FlopCounterMode counts 0 for `_grouped_mm`, which transformers' fused MoE
+    experts use forward and backward: without this, MoE FLOPs and MFU miss the experts."""
+    op = getattr(_aten, "_grouped_mm", None)
+    if op is None or op in flop_counter.flop_registry or op.default in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _grouped_mm(a, b, *args, out_shape=None, **kwargs) -> int:
+        if len(a) == 2 and len(b) == 2:
+            # Groups split the shared K dimension (weight gradients): M × N per group, K summed.
+            return 2 * a[0] * a[1] * b[1]
+        # Each output element is one K-long dot product (2-D × 3-D with offsets, or batched 3-D × 3-D).
+        out = 1
+        for d in out_shape:
+            out *= d
+        return 2 * out * a[-1]
+
+
+_register_grouped_mm_formula()
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call of `fn`, counted op by op (not timed: the counter slows ops)."""
     with flop_counter.FlopCounterMode(display=False) as counter:
