@@ -42,7 +42,7 @@ from effbench.config.schema import NON_IDENTITY_KEYS
 from effbench.gate.config import GateConfig, MetricRule
 from effbench.gate.stats import Comparison, Verdict, compare_samples, compare_values
 from effbench.metrics.record import Metric, RunRecord, Source, Status
-from effbench.store.validate import RecordError, record_from_dict
+from effbench.store.validate import RecordError
 
 SELECTOR_KINDS = ("run", "tag", "branch", "commit", "file")
 
@@ -72,23 +72,11 @@ def parse_selector(text: str) -> Selector:
 
 def load_records_file(path: str | Path) -> list[RunRecord]:
     """Run records from a JSON export, a single-record file, or a directory of them."""
-    path = Path(path)
-    if path.is_dir():
-        from effbench.store.jsondir import read_records
+    from effbench.store.jsondir import load_record_file, read_records
 
-        try:
-            return read_records(path)
-        except RecordError as e:
-            raise GateUsageError(f"{path}: {e}") from None
+    path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise GateUsageError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise GateUsageError(f"{path}: not valid JSON: {e}") from None
-    items = data if isinstance(data, list) else [data]
-    try:
-        return [record_from_dict(d) for d in items]
+        return read_records(path) if path.is_dir() else load_record_file(path)
     except RecordError as e:
         raise GateUsageError(f"{path}: {e}") from None
 

@@ -51,7 +51,7 @@ def _record_file_name(record: RunRecord) -> str:
     return f"{record.config_hash[:_HASH_CHARS]}-{record.id}.json"
 
 
-def _load_file(path: Path) -> list[RunRecord]:
+def load_record_file(path: Path) -> list[RunRecord]:
     """Validated records of one file: a list of records (an export) or a single record object."""
     try:
         data = json.loads(path.read_text())
@@ -85,7 +85,7 @@ def read_records(directory: str | os.PathLike[str]) -> list[RunRecord]:
     records: dict[str, RunRecord] = {}
     origin: dict[str, str] = {}
     for path in _record_files(directory):
-        for r in _load_file(path):
+        for r in load_record_file(path):
             if r.id in records:
                 if records[r.id].to_dict() != r.to_dict():
                     raise RecordError(f"{path.name}: field 'id' repeats {r.id!r} of {origin[r.id]} "
@@ -155,7 +155,7 @@ class JsonDirStore:
         """The run with this id, or with this unique id prefix."""
         if not run_id:
             raise KeyError("no run id given")
-        matches = {r.id: r for p in self._files(f"*-{glob.escape(run_id)}*.json") for r in _load_file(p)
+        matches = {r.id: r for p in self._files(f"*-{glob.escape(run_id)}*.json") for r in load_record_file(p)
                    if r.id.startswith(run_id)}
         if run_id in matches:
             return matches[run_id]
@@ -180,7 +180,7 @@ class JsonDirStore:
 
     def find_completed(self, config_hash: str) -> str | None:
         """Id of the newest `ok` run of this config hash, so a resumed sweep can skip it."""
-        done = [r for p in self._files(f"{glob.escape(config_hash[:_HASH_CHARS])}-*.json") for r in _load_file(p)
+        done = [r for p in self._files(f"{glob.escape(config_hash[:_HASH_CHARS])}-*.json") for r in load_record_file(p)
                 if r.config_hash == config_hash and r.status is Status.OK]
         return max(done, key=lambda r: (r.created_at, r.id)).id if done else None
 
