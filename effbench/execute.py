@@ -61,11 +61,17 @@ def validate(cfg: DictConfig) -> RunConfig:
         techniques.get_technique(cfg.technique.method)
     except KeyError as e:
         raise ConfigError(f"technique.method: {e.args[0]}") from None
-    for key in ("batch_size", "prompt_tokens", "output_tokens", "repeats"):
+    for key in ("batch_size", "prompt_tokens", "output_tokens", "repeats", "num_requests", "concurrency",
+                "max_batch_size"):
         if key in cfg.scenario and cfg.scenario[key] < 1:
             raise ConfigError(f"scenario.{key}={cfg.scenario[key]} must be ≥ 1")
     if "output_tokens" in cfg.scenario and cfg.scenario.output_tokens < 2:
         raise ConfigError("scenario.output_tokens must be ≥ 2 (TPOT needs two tokens)")
+    if "rate" in cfg.scenario and not cfg.scenario.rate > 0:
+        raise ConfigError(f"scenario.rate={cfg.scenario.rate} must be > 0 requests per second")
+    for key, bound in (cfg.scenario.get("slo") or {}).items():
+        if bound is not None and not bound > 0:
+            raise ConfigError(f"scenario.slo.{key}={bound} must be > 0 seconds, or null for no bound")
     run_cfg = OmegaConf.to_object(cfg)
     spec = techniques.get_technique(run_cfg.technique.method)
     try:

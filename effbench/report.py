@@ -93,7 +93,7 @@ def print_comparison(records: list[RunRecord]) -> None:
 # Headline columns; where scenarios differ, the first metric a run has fills the column.
 _LIST_COLUMNS = {
     "AL": ("latency.e2e_s", "latency.step_s"),
-    "IT / TT": ("throughput.decode_tokens_per_s", "throughput.train_tokens_per_s"),
+    "IT / TT / serve": ("throughput.decode_tokens_per_s", "throughput.train_tokens_per_s", "serve.output_tokens_per_s"),
     "Peak mem": ("memory.peak_bytes",),
     "Energy": ("energy.joules",),
     "Compression": ("compression.ratio",),

@@ -64,7 +64,8 @@ _OTHER_AXIS = (Column(PERFORMANCE, _QUALITY), _AMU, _AL, _AEC)
 EXTRAS = tuple(
     Column(title, (name,), paper=False)
     for title, name in (("Peak mem", "memory.peak_bytes"), ("MFU", "compute.mfu"), ("TTFT", "latency.ttft_s"),
-                        ("TPOT", "latency.tpot_s"), ("J/token", "energy.joules_per_token"))
+                        ("TPOT", "latency.tpot_s"), ("J/token", "energy.joules_per_token"),
+                        ("Req/s", "serve.requests_per_s"), ("Goodput", "serve.goodput_requests_per_s"))
 )
 # Every metric a rank table may show (plus lm-eval accuracies, matched by ACCURACY_LIKE).
 RANKED_METRICS = sorted({n for cols in (*AXIS_COLUMNS.values(), EXTRAS) for c in cols for n in c.candidates})

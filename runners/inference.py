@@ -7,7 +7,6 @@ import torch
 from tqdm.auto import tqdm
 
 from effbench.config.schema import InferenceScenario, RunConfig
-from effbench.data import load_corpus
 from effbench.metrics.catalog import make_metric
 from effbench.metrics.compression import compression_metrics, serialized_size_at, serialized_size_bytes
 from effbench.metrics.compute import ComputeTracker, count_flops
@@ -19,26 +18,16 @@ from effbench.metrics.quality import perplexity_metrics
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.throughput import throughput_metrics
 from effbench.metrics.window import MeasuredWindow
-from effbench.models import load_model, parameter_counts
+from effbench.models import parameter_counts
 from effbench.quality.lm_eval_runner import lm_eval_metrics
 from effbench.models.architectures.base import kv_cache_bytes_per_token
-from effbench.techniques import get_technique
 from runners.base import RunContext, ScenarioResult
+from runners.generation import fixed_length_kwargs, load_for_generation, make_prompts
 
 
 def baseline_dtype(device: torch.device) -> torch.dtype:
     """SPEC §2: the compression baseline is bf16 on a GPU, fp32 on a CPU."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def make_prompts(token_ids: list[int], sc: InferenceScenario, seed: int) -> torch.Tensor:
-    """batch_size real-text windows of prompt_tokens, at seeded offsets."""
-    span = len(token_ids) - sc.prompt_tokens
-    if span <= 0:
-        raise ValueError(f"held-out text has {len(token_ids)} tokens; scenario.prompt_tokens={sc.prompt_tokens} needs more")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, span, (sc.batch_size,), generator=g).tolist()
-    return torch.tensor([token_ids[s : s + sc.prompt_tokens] for s in starts])
 
 
 def kv_cache_metrics(model: torch.nn.Module, measured: float) -> list[Metric]:
@@ -55,12 +44,11 @@ def kv_cache_metrics(model: torch.nn.Module, measured: float) -> list[Metric]:
 def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     sc: InferenceScenario = cfg.scenario
     device = ctx.device
-    technique = get_technique(cfg.technique.method)
-    technique.check_device(device)
     bar = tqdm(total=sc.warmup + sc.repeats + 1, desc=f"{cfg.model.name} × {cfg.technique.name}", leave=False,
                unit="step")
 
-    loaded = load_model(technique.configure_model(cfg.model, cfg.technique), technique.load_dtype(cfg.technique))
+    gen = load_for_generation(cfg, device)
+    technique, loaded, heldout_ids = gen.technique, gen.loaded, gen.heldout_ids
     model, tok = loaded.model, loaded.tokenizer
     params = parameter_counts(model)
     base = baseline_dtype(device)
@@ -69,19 +57,9 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     model = technique.apply(model, cfg.technique, device)
     size = serialized_size_bytes(model)
 
-    corpus = load_corpus(cfg.data.source, cfg.data.path, cfg.data.text_field, cfg.data.heldout_fraction,
-                         cfg.data.max_chars)
-    heldout_ids = tok(corpus.heldout_text, add_special_tokens=False).input_ids
-    input_ids = make_prompts(heldout_ids, sc, cfg.seed).to(device)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    gen_kwargs = dict(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=sc.output_tokens,
-        min_new_tokens=sc.output_tokens,  # fixed work per repeat: EOS cannot end it early
-        do_sample=False,
-        pad_token_id=pad,
-    )
+    input_ids = make_prompts(heldout_ids, sc.batch_size, sc.prompt_tokens, cfg.seed).to(device)
+    gen_kwargs = fixed_length_kwargs(tok, sc.output_tokens, input_ids=input_ids,
+                                     attention_mask=torch.ones_like(input_ids))
 
     with torch.inference_mode():
         for _ in range(sc.warmup):

@@ -89,6 +89,46 @@ class InferenceScenario:
     eval_max_tokens: int = 16384  # held-out tokens evaluated (caps quality time)
 
 
+class LoadProfile(str, enum.Enum):
+    batch = "batch"  # batch_size requests at once, the next batch when it is done
+    concurrency = "concurrency"  # closed loop: each of `concurrency` clients resends when answered
+    poisson = "poisson"  # open loop: arrivals at rate λ with seeded exponential gaps
+
+
+class CacheImplementation(str, enum.Enum):
+    dynamic = "dynamic"  # transformers' default: the cache grows with each token
+    static = "static"  # preallocated to prompt + output length (pays off with torch.compile / CUDA graphs)
+
+
+@dataclass
+class SloConfig:
+    """Latency bounds a request must meet to count toward goodput; null = no bound."""
+
+    ttft_s: Optional[float] = None
+    tpot_s: Optional[float] = None
+    e2e_s: Optional[float] = None
+
+
+@dataclass
+class ServeScenario:
+    """Requests arriving under a load profile, served first come first served in
+    batches of up to max_batch_size; every request timed from its arrival."""
+
+    name: str = "serve"
+    profile: LoadProfile = LoadProfile.poisson
+    num_requests: int = 32  # per repeat
+    batch_size: int = 4  # profile=batch
+    concurrency: int = 4  # profile=concurrency
+    rate: float = 4.0  # profile=poisson: λ, requests per second
+    max_batch_size: int = 8  # largest batch the server forms from waiting requests (profile=batch: batch_size)
+    prompt_tokens: int = 64
+    output_tokens: int = 32
+    cache_implementation: CacheImplementation = CacheImplementation.dynamic
+    warmup: int = 1  # generate() calls at max batch before the first repeat
+    repeats: int = 3  # whole load runs; each gives one sample of the serve.* rates
+    slo: SloConfig = field(default_factory=SloConfig)
+
+
 @dataclass
 class PretrainScenario:
     """Train from scratch for a token budget; the first warmup_steps are not measured."""
@@ -200,3 +240,4 @@ def register_schemas(cs: ConfigStore | None = None) -> None:
     cs.store(group="schema/scenario", name="inference", node=InferenceScenario)
     cs.store(group="schema/scenario", name="pretrain", node=PretrainScenario)
     cs.store(group="schema/scenario", name="finetune", node=FinetuneScenario)
+    cs.store(group="schema/scenario", name="serve", node=ServeScenario)

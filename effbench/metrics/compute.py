@@ -120,15 +120,16 @@ def _calibrated_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, bu
 
 
 class ComputeTracker:
-    """PCU per window, and MFU from FLOPs counted once for the window's workload."""
+    """PCU per window, and MFU from FLOPs counted once for the window's workload
+    (flops_per_window None: a workload whose FLOPs vary per window, PCU only)."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_window: int, flops_analytic: float,
-                 analytic_rule: str = "2·N·tokens"):
+    def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_window: int | None = None,
+                 flops_analytic: float | None = None, analytic_rule: str = "2·N·tokens"):
         self.device = device
         self.flops = flops_per_window
         self.flops_analytic = flops_analytic
         self.analytic_rule = analytic_rule
-        self.peak = peak_flops(device, dtype)
+        self.peak = peak_flops(device, dtype) if flops_per_window is not None else None
         self._nvml = NvmlDevice.open(device)
         self._sampler = PollingSampler({"util": self._nvml.utilization}, 0.02) if self._nvml else None
         self._proc = psutil.Process(os.getpid())
@@ -152,12 +153,16 @@ class ComputeTracker:
             self.pcu.append(self._sampler.time_mean("util") / 100.0)
         else:
             self.pcu.append((self._cpu_time() - self._cpu0) / (elapsed_s * self._cores))
-        self.achieved.append(self.flops / elapsed_s)
+        if self.flops is not None:
+            self.achieved.append(self.flops / elapsed_s)
 
     def metrics(self) -> list[Metric]:
         pcu_how = ("NVML utilization.gpu sampled every 20 ms" if self._sampler
                    else f"process CPU time / (wall time × {self._cores} cores)")
         pcu_src = Source.SAMPLED if self._sampler else Source.TIMER
+        pcu = from_samples("compute.pcu", self.pcu, pcu_src, pcu_how)
+        if self.flops is None:
+            return [pcu]
         return [
             make_metric("compute.flops", self.flops, Source.ANALYTIC, note="torch.utils.flop_counter, one window"),
             make_metric("compute.flops_analytic", self.flops_analytic, Source.ANALYTIC, note=self.analytic_rule),
@@ -165,5 +170,5 @@ class ComputeTracker:
             from_samples("compute.achieved_flops_per_s", self.achieved, Source.TIMER, "counted FLOPs / window time"),
             from_samples("compute.mfu", [a / self.peak.flops_per_s for a in self.achieved], Source.TIMER,
                          f"achieved / peak ({self.peak.note})"),
-            from_samples("compute.pcu", self.pcu, pcu_src, pcu_how),
+            pcu,
         ]

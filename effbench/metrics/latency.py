@@ -75,8 +75,8 @@ class RequestTiming:
         return [b - a for a, b in zip(t, t[1:])]
 
 
-def latency_metrics(requests: list[RequestTiming]) -> list[Metric]:
-    how = "perf_counter per generated token via a generate() streamer"
+def latency_metrics(requests: list[RequestTiming],
+                    how: str = "perf_counter per generated token via a generate() streamer") -> list[Metric]:
     return [
         from_samples("latency.ttft_s", [r.ttft for r in requests], Source.TIMER, how),
         from_samples("latency.tpot_s", [r.tpot for r in requests], Source.TIMER, how),
