@@ -44,6 +44,19 @@ def test_hf_path_loads_a_saved_model_and_tokenizer(tiny, tmp_path):
     assert loaded.tokenizer("abc").input_ids == tiny.tokenizer("abc").input_ids
 
 
+def test_a_byte_tokenizer_saved_beside_a_mixtral_config_reloads(tmp_path):
+    # transformers maps model_type mixtral to a `tokenizers` backend, which cannot
+    # build a ByT5 tokenizer: the MoE checkpoints of the architecture sweep hit this.
+    from transformers import MixtralConfig
+
+    from effbench.models.zoo import build_tokenizer, load_tokenizer
+
+    MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1).save_pretrained(tmp_path)
+    build_tokenizer("byte").save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    assert type(tok).__name__ == "ByT5Tokenizer" and tok("ab").input_ids == [100, 101, 1]
+
+
 def test_hf_path_with_unknown_id_fails_offline():
     with pytest.raises(OSError):
         load_model(HfModelConfig(name="x", id="no-such-org/no-such-model-effbench"))

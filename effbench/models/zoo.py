@@ -3,11 +3,14 @@ any transformers causal LM by hub id or local path."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
 from effbench.config.schema import ArtifactModelConfig, BuiltinModelConfig, HfModelConfig
 from effbench.models.architectures import build_architecture
@@ -32,7 +35,7 @@ def build_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """`byte` (offline), or `hf:<hub id or directory>` for a real vocabulary
     (e.g. hf:Qwen/Qwen2.5-0.5B, to give a paper-scale preset its embedding size)."""
     if spec.startswith("hf:"):
-        return AutoTokenizer.from_pretrained(spec[3:])
+        return load_tokenizer(spec[3:])
     if spec not in TOKENIZERS:
         raise ValueError(f"model.tokenizer={spec!r}; choose {', '.join(TOKENIZERS)} or hf:<hub id or directory>")
     return TOKENIZERS[spec]()
@@ -47,9 +50,20 @@ def _build(cfg: BuiltinModelConfig) -> LoadedModel:
 
 def _from_pretrained(cfg: HfModelConfig, dtype: torch.dtype) -> LoadedModel:
     kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(cfg.id, **kw)
+    tok = load_tokenizer(cfg.id, **kw)
     model = AutoModelForCausalLM.from_pretrained(cfg.id, dtype=dtype, **kw)
     return LoadedModel(model.eval(), tok, cfg.name, "hf")
+
+
+def load_tokenizer(id_or_path: str | Path, **kw) -> PreTrainedTokenizerBase:
+    """A hub id through AutoTokenizer; a local directory by the class its files
+    declare. For a directory AutoTokenizer prefers the class transformers
+    registers for the model type beside it (mixtral: a `tokenizers` backend),
+    which cannot load a byte-level tokenizer saved next to a Mixtral-family MoE."""
+    config = Path(id_or_path) / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    cls = tokenizer_class_from_name(declared) if declared else None
+    return (cls or AutoTokenizer).from_pretrained(id_or_path, **kw)
 
 
 def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
@@ -58,7 +72,7 @@ def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
 
     record = ResultStore(cfg.store_url, read_only=True).get(cfg.run_id)
     path = verified_path(record.artifact, record.id)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return LoadedModel(model.eval(), tok, f"{record.model}+{record.technique}@{record.id[:8]}", "artifact")
 

@@ -88,13 +88,11 @@ def saved_copy(model: torch.nn.Module, tokenizer=None) -> Iterator[Path]:
 def tokenizer_for(model: torch.nn.Module):
     """The tokenizer of a loaded model, for calibration data: hub and artifact
     models name their directory or hub id; built-in models use the byte tokenizer."""
-    from transformers import AutoTokenizer
-
-    from effbench.models.zoo import build_tokenizer
+    from effbench.models.zoo import build_tokenizer, load_tokenizer
 
     path = getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")
     if path:
-        return AutoTokenizer.from_pretrained(path)
+        return load_tokenizer(path)
     tok = build_tokenizer("byte")
     if len(tok) != model.config.vocab_size:
         raise ValueError(f"cannot tell this built-in model's tokenizer (vocab {model.config.vocab_size}) for "
