@@ -179,7 +179,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     trainable_non_emb = trainable - (emb.numel() if emb.requires_grad else 0)
     tokens_per_step = global_rows * sc.seq_len
     work = StepWork(tokens=tokens_per_step, samples=global_rows, flops=step_flops,
-                    flops_analytic=(4 * params["non_embedding"] + 2 * trainable_non_emb) * tokens_per_step
+                    flops_analytic=(4 * params["active_non_embedding"] + 2 * trainable_non_emb) * tokens_per_step
                     / dist.world_size,
                     analytic_rule="(4·N + 2·N_trainable)·tokens per rank: forward 2·N, activation gradients 2·N "
                                   "(an upper bound when the lowest layers are frozen), weight gradients 2·N_trainable "

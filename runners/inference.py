@@ -70,7 +70,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
         trackers = [
             energy_tracker(device, tokens_per_window=sc.batch_size * sc.output_tokens),
             memory_tracker(device),
-            ComputeTracker(device, technique.compute_dtype(cfg.technique), flops, 2 * params["non_embedding"] * tokens_fed),
+            ComputeTracker(device, technique.compute_dtype(cfg.technique), flops,
+                           2 * params["active_non_embedding"] * tokens_fed, "2·N·tokens (N = active non-embedding)"),
         ]
         window = MeasuredWindow(trackers, device)
         timer = TokenTimer(device)

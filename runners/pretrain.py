@@ -25,7 +25,6 @@ from effbench.metrics.catalog import make_metric
 from effbench.metrics.quality import heldout_loss, perplexity_metrics
 from effbench.metrics.record import Source
 from effbench.models import load_model, parameter_counts
-from effbench.models.architectures.base import active_parameters
 from effbench.techniques import get_technique
 from runners.base import RunContext, ScenarioResult
 from runners.training import (StepPlan, StepWork, autocast_for, count_step_flops, make_train_step, measured_training,
@@ -63,10 +62,9 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     loaded = load_model(technique.configure_model(cfg.model, cfg.technique))
     model = technique.apply(loaded.model, cfg.technique, device).train()
     params = parameter_counts(model)
-    active = active_parameters(model)
     if dist.is_main:
         tqdm.write(f"{cfg.model.name} × {cfg.technique.name}: {params['total']:,} parameters "
-                   f"({active:,} active, {params['non_embedding']:,} non-embedding)")
+                   f"({params['active']:,} active, {params['non_embedding']:,} non-embedding)")
 
     corpus = load_corpus(cfg.data.source, cfg.data.path, cfg.data.text_field, cfg.data.heldout_fraction,
                          cfg.data.max_chars)
@@ -100,8 +98,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     step_flops = count_step_flops(model, {"input_ids": x, "labels": x}, sc.grad_accum, autocast, optimizer)
     sampler.gen.manual_seed(cfg.seed)  # the count must not shift the data order
     work = StepWork(tokens=tokens_per_step, samples=global_rows, flops=step_flops,
-                    flops_analytic=6 * params["non_embedding"] * tokens_per_step / dist.world_size,
-                    analytic_rule="6·N·tokens per rank (forward + backward)",
+                    flops_analytic=6 * params["active_non_embedding"] * tokens_per_step / dist.world_size,
+                    analytic_rule="6·N·tokens per rank (forward + backward; N = active non-embedding)",
                     compute_dtype=torch.bfloat16 if bf16 else torch.float32)
     trained = measured_training(train_step, evaluate, plan, work, device, dist,
                                 f"{cfg.model.name} × {cfg.technique.name}")
@@ -109,7 +107,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     metrics = trained.metrics(params["total"]) + [
         *perplexity_metrics(model.eval(), heldout_ids[: sc.eval_tokens * 2], sc.seq_len, device),
         make_metric("model.parameters", params["total"], Source.ANALYTIC, note="sum of parameter numel"),
-        make_metric("model.active_parameters", active, Source.ANALYTIC, note="per token; MoE: top-k experts"),
+        make_metric("model.active_parameters", params["active"], Source.ANALYTIC, note="per token; MoE: top-k experts"),
     ]
     artifact = save_artifact(model, tok, ctx.run_id) if sc.save_artifact and dist.is_main else None
     return ScenarioResult(metrics, artifact=artifact)

@@ -90,11 +90,17 @@ def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Total, and non-embedding (the N of the 2·N·tokens FLOP rule: the LM head
-    is a matmul and stays in, the input embedding is a lookup and is left out)."""
+    """Total, non-embedding, active (per token: MoE uses top-k experts), and
+    active non-embedding: the N of the 2·N·tokens / 6·N·tokens FLOP rules (the
+    LM head is a matmul and stays in, the input embedding is a lookup and is
+    left out, idle experts do no work)."""
+    from effbench.models.architectures.base import active_parameters
+
     total = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
     tied = out is not None and out.weight is emb
     non_embedding = total - (0 if tied else emb.numel())
-    return {"total": total, "non_embedding": non_embedding}
+    active = active_parameters(model)
+    return {"total": total, "non_embedding": non_embedding, "active": active,
+            "active_non_embedding": non_embedding - (total - active)}
