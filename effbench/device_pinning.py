@@ -135,7 +135,7 @@ def jobs_sharing_device(launcher: Any, env: Mapping[str, str] | None = None,
         n_jobs = int(_get(launcher, "n_jobs", -1))
         n = (cpu_count or os.cpu_count() or 1) if n_jobs < 0 else n_jobs
         return max(n, 1), f"hydra/launcher=joblib with n_jobs={n_jobs} runs {n} jobs at once, all on the same GPU"
-    if target.endswith("LocalLauncher"):  # submitit's, or effbench's subclass (hydra/launcher=local)
+    if target.endswith("LocalLauncher"):  # submitit's (hydra/launcher=local)
         if int(_get(launcher, "gpus_per_node", 0)) < 1:
             return 1, "submitit local without GPUs"
         return 2, ("hydra/launcher=submitit_local (or local) starts every job of the sweep at once, each seeing the "

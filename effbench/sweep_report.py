@@ -46,6 +46,11 @@ class SweepReport(Callback):
     def __init__(self) -> None:
         self.bar: tqdm | None = None
 
+    def __getstate__(self) -> dict:
+        # submitit pickles the launcher, callbacks included, into every job: the bar
+        # belongs to the launching terminal (and a pickled tqdm does not unpickle).
+        return {**self.__dict__, "bar": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.bar = tqdm(total=count_jobs(config), desc="sweep", unit="pair", position=0)
 

@@ -244,7 +244,7 @@ def test_plan_slots_pins_one_job_per_gpu_and_refuses_sharing_unless_forced():
 
 
 JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}
-SUBMITIT_LOCAL = {"_target_": "hydra_plugins.effbench_launcher.queues.EffbenchLocalLauncher", "gpus_per_node": 1}
+SUBMITIT_LOCAL = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "gpus_per_node": 1}
 
 
 @pytest.mark.parametrize(("launcher", "env", "refused"), [
@@ -254,7 +254,7 @@ SUBMITIT_LOCAL = {"_target_": "hydra_plugins.effbench_launcher.queues.EffbenchLo
     (SUBMITIT_LOCAL, {}, "starts every job of the sweep at once"),
     ({**SUBMITIT_LOCAL, "gpus_per_node": 0}, {}, None),  # its jobs see no GPU
     ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, {}, None),
-    ({"_target_": "hydra_plugins.effbench_launcher.queues.EffbenchSlurmLauncher"}, {}, None),
+    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}, {}, None),
     (None, {}, None),  # not under Hydra
     ({"_target_": "x.GpuPinnedLauncher"}, {ENV_JOBS_PER_DEVICE: "1", ENV_PINNED_GPU: "3"}, None),
     ({"_target_": "x.GpuPinnedLauncher"}, {ENV_JOBS_PER_DEVICE: "2", ENV_PINNED_GPU: "3"}, "jobs_per_gpu=2"),
@@ -339,7 +339,7 @@ def test_slurm_launcher_config_reaches_the_sbatch_script(tmp_path, monkeypatch):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.timeout_min=90"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.effbench_launcher.queues.EffbenchSlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     params = {k: launcher[k] for k in launcher if k not in ("submitit_folder", "name", "_target_", "max_num_timeout")}
     params = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
     base = set(OmegaConf.structured(BaseQueueConf).keys())

@@ -45,8 +45,9 @@ _SPECS = [
     # compute
     MetricSpec("compute.flops", "FLOP", None, "compute", "FLOPs",
                "FLOPs of one window counted with torch.utils.flop_counter."),
-    MetricSpec("compute.flops_analytic", "FLOP", None, "compute", "FLOPs (2N·tokens)",
-               "2·N·tokens (inference) or 6·N·tokens (training) for comparison with the count."),
+    MetricSpec("compute.flops_analytic", "FLOP", None, "compute", "FLOPs (analytic)",
+               "The textbook count beside the counted one: 2·N·tokens (inference), 6·N·tokens (pretraining), "
+               "(4·N + 2·N_trainable)·tokens (fine-tuning); N = active non-embedding parameters."),
     MetricSpec("compute.achieved_flops_per_s", "FLOP/s", True, "compute", "FLOP/s",
                "Counted FLOPs / window time."),
     MetricSpec("compute.peak_flops_per_s", "FLOP/s", None, "compute", "Peak FLOP/s",

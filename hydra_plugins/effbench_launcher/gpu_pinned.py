@@ -32,7 +32,6 @@ from hydra.errors import HydraException
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
-from hydra_plugins.effbench_launcher._common import JobSidePickling
 
 from effbench.device_pinning import (ENV_ALLOW_SHARED, ENV_JOBS_PER_DEVICE, ENV_PINNED_GPU, SharedDeviceError,
                                      detect_gpus, plan_slots)
@@ -56,7 +55,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="gpu_pinned", node=Gpu
                              provider="effbench")
 
 
-class GpuPinnedLauncher(JobSidePickling, BaseSubmititLauncher):
+class GpuPinnedLauncher(BaseSubmititLauncher):
     _EXECUTOR = "local"
 
     def __init__(self, **params: Any) -> None:
