@@ -128,7 +128,7 @@ def jobs_sharing_device(launcher: Any, env: Mapping[str, str] | None = None,
         n = int(env[ENV_JOBS_PER_DEVICE])
         return n, f"hydra/launcher=gpu_pinned with jobs_per_gpu={n}"
     target = str(_get(launcher, "_target_", ""))
-    if not target or target.endswith("BasicLauncher") or target.endswith("SlurmLauncher"):
+    if not target or target.endswith(("BasicLauncher", "IsolatedLauncher", "SlurmLauncher")):
         # One job at a time, or SLURM's own GPU allocation (gpus_per_task) per job.
         return 1, "one job per device"
     if target.endswith("JoblibLauncher"):

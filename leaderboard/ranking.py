@@ -61,14 +61,20 @@ AXIS_COLUMNS: dict[str, tuple[Column, ...]] = {
                   Column("MCR", ("compression.mcr",))),
 }
 _OTHER_AXIS = (Column(PERFORMANCE, _QUALITY), _AMU, _AL, _AEC)
+# Scenarios whose runs measure other things than their axis' paper columns:
+# serving (beyond the paper) ranks by its own rates.
+SCENARIO_COLUMNS: dict[str, tuple[Column, ...]] = {
+    "serve": (_AMU, _AL, Column("Req/s", ("serve.requests_per_s",)),
+              Column("Goodput", ("serve.goodput_requests_per_s",)), _AEC),
+}
 EXTRAS = tuple(
     Column(title, (name,), paper=False)
     for title, name in (("Peak mem", "memory.peak_bytes"), ("MFU", "compute.mfu"), ("TTFT", "latency.ttft_s"),
-                        ("TPOT", "latency.tpot_s"), ("J/token", "energy.joules_per_token"),
-                        ("Req/s", "serve.requests_per_s"), ("Goodput", "serve.goodput_requests_per_s"))
+                        ("TPOT", "latency.tpot_s"), ("J/token", "energy.joules_per_token"))
 )
 # Every metric a rank table may show (plus lm-eval accuracies, matched by ACCURACY_LIKE).
-RANKED_METRICS = sorted({n for cols in (*AXIS_COLUMNS.values(), EXTRAS) for c in cols for n in c.candidates})
+RANKED_METRICS = sorted({n for cols in (*AXIS_COLUMNS.values(), *SCENARIO_COLUMNS.values(), EXTRAS) for c in cols
+                         for n in c.candidates})
 
 
 def size_bucket(parameters: float | None) -> str:
@@ -77,8 +83,8 @@ def size_bucket(parameters: float | None) -> str:
     return next(label for upper, label in SIZE_BUCKETS if parameters < upper)
 
 
-def columns_for(axis: str) -> tuple[Column, ...]:
-    return AXIS_COLUMNS.get(axis, _OTHER_AXIS) + EXTRAS
+def columns_for(axis: str, scenario: str | None = None) -> tuple[Column, ...]:
+    return (SCENARIO_COLUMNS.get(scenario) or AXIS_COLUMNS.get(axis, _OTHER_AXIS)) + EXTRAS
 
 
 def higher_is_better(name: str, stored: Iterable = ()) -> bool | None:
@@ -173,7 +179,7 @@ def tier(rank: int, pool: int) -> int:
     return 1 + (3 * (rank - 1)) // pool
 
 
-def rank_cells(metrics: pd.DataFrame, axis: str) -> pd.DataFrame:
+def rank_cells(metrics: pd.DataFrame, axis: str, scenario: str | None = None) -> pd.DataFrame:
     """The rank table of one peer group, long: one row per entry × column.
 
     `metrics` has one row per entry × metric (columns entry, name, value, mean,
@@ -183,7 +189,7 @@ def rank_cells(metrics: pd.DataFrame, axis: str) -> pd.DataFrame:
     """
     counts = metrics["name"].value_counts().to_dict()
     frames = []
-    for column in columns_for(axis):
+    for column in columns_for(axis, scenario):
         name = resolve(column, counts)
         if name is None:
             if column.paper:

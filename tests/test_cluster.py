@@ -317,6 +317,21 @@ def test_gpu_pinned_launcher_gives_each_job_its_own_gpu(tmp_path):
     assert "allow_shared_gpu=true" in refused.stderr
 
 
+@pytest.mark.parametrize("visible", ["", "0,1"])
+def test_isolated_launcher_runs_one_fresh_process_at_a_time_seeing_every_gpu(tmp_path, visible):
+    (tmp_path / "app.py").write_text(PIN_APP)
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "app.py", "--multirun", "+job=1,2,3", "hydra/launcher=isolated",
+                          f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": visible})
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/env.json"))]
+    assert len(jobs) == 3 and len({j["pid"] for j in jobs} | {os.getpid()}) == 4  # fresh processes
+    assert all(j["CUDA_VISIBLE_DEVICES"] == visible and j["EFFBENCH_PINNED_GPU"] is None for j in jobs)
+    spans = sorted((j["start"], j["end"]) for j in jobs)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))  # one at a time
+
+
 # --- the SLURM launcher config ------------------------------------------------------------------------------------
 
 

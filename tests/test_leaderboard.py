@@ -151,6 +151,17 @@ def test_a_group_without_figures_keeps_the_paper_columns_empty():
     assert ranking.composite(cells, {"AMU": 1.0}).empty
 
 
+def test_serving_groups_rank_by_their_own_rates():
+    m = _metrics([("a", "serve.requests_per_s", 4.0, 0, "timer"), ("b", "serve.requests_per_s", 3.0, 0, "timer"),
+                  ("a", "serve.goodput_requests_per_s", 1.0, 0, "timer"),
+                  ("b", "serve.goodput_requests_per_s", 2.5, 0, "timer")])
+    cells = ranking.rank_cells(m, "inference", "serve")
+    assert list(dict.fromkeys(cells["column"])) == ["AMU", "AL", "Req/s", "Goodput", "AEC"]  # no Performance, MCR
+    ranked = cells.set_index(["column", "entry"])
+    assert ranked.loc[("Req/s", "a"), "rank"] == 1 and ranked.loc[("Goodput", "b"), "rank"] == 1
+    assert "serve.goodput_requests_per_s" in ranking.RANKED_METRICS
+
+
 def test_al_ranks_the_mean_and_performance_prefers_an_accuracy():
     m = _metrics([("a", "latency.e2e_s", 1.0, 0, "timer"), ("b", "latency.e2e_s", 2.0, 0, "timer"),
                   ("a", "quality.perplexity", 10.0, 0, "analytic"), ("b", "quality.perplexity", 20.0, 0, "analytic"),

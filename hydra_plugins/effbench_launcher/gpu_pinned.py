@@ -1,4 +1,5 @@
-"""`hydra/launcher=gpu_pinned`: a multi-GPU node without SLURM, one GPU per job.
+"""`hydra/launcher=gpu_pinned`: a multi-GPU node without SLURM, one GPU per job;
+and `hydra/launcher=isolated`: one job at a time, each in a fresh process.
 
 Each job runs in a fresh process (submitit's local executor) whose
 CUDA_VISIBLE_DEVICES names one GPU of a pool; a GPU takes its next job only when
@@ -13,6 +14,14 @@ so a reused worker (joblib's) cannot be moved to another GPU.
 Options (besides submitit's local ones: timeout_min, submitit_folder, ...):
   gpus: null = all visible (CUDA_VISIBLE_DEVICES, else nvidia-smi), or a list of indices
   jobs_per_gpu: 1; more is refused unless allow_shared_gpu=true (see effbench.device_pinning)
+
+`isolated` runs the same queue with one slot that sees every device: a sweep in
+one long-lived process (Hydra's basic launcher) leaves each pair's imports,
+allocator pools and caches resident for the next, so on a CPU a later pair's
+peak RSS includes what the pairs before it left. A fresh process per job keeps
+each run's process memory its own, at the cost of a few seconds of start-up.
+
+    effbench run --multirun hydra/launcher=isolated technique=fp32,bnb-nf4,quanto-qint4 ...
 """
 
 # No `from __future__ import annotations`: Hydra execs plugin modules before they are in
@@ -23,7 +32,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -51,8 +60,14 @@ class GpuPinnedLauncherConf(LocalQueueConf):
     allow_shared_gpu: bool = False
 
 
+@dataclass
+class IsolatedLauncherConf(LocalQueueConf):
+    _target_: str = "hydra_plugins.effbench_launcher.gpu_pinned.IsolatedLauncher"
+
+
 ConfigStore.instance().store(group="hydra/launcher", name="gpu_pinned", node=GpuPinnedLauncherConf,
                              provider="effbench")
+ConfigStore.instance().store(group="hydra/launcher", name="isolated", node=IsolatedLauncherConf, provider="effbench")
 
 
 class GpuPinnedLauncher(BaseSubmititLauncher):
@@ -72,19 +87,20 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
             os.environ[ENV_ALLOW_SHARED] = "1"
         return super().__call__(*args, **kwargs)
 
-    def slots(self) -> List[int]:
+    def slots(self) -> List[Tuple[int, ...]]:
+        """The GPUs each parallel slot's jobs see; one job per slot at a time."""
         gpus = list(self.gpus) if self.gpus is not None else detect_gpus()
         try:
-            return plan_slots(gpus, self.jobs_per_gpu, self.allow_shared_gpu)
+            return [(g,) for g in plan_slots(gpus, self.jobs_per_gpu, self.allow_shared_gpu)]
         except SharedDeviceError as e:
             raise HydraException(f"hydra/launcher=gpu_pinned: {e}") from None
 
-    def _executor(self, gpu: int):
+    def _executor(self, slot: Tuple[int, ...]):
         import submitit
 
         executor = submitit.LocalExecutor(folder=self.params["submitit_folder"])
         params = {k: v for k, v in self.params.items() if k not in ("submitit_folder", "gpus_per_node")}
-        executor.update_parameters(**params, gpus_per_node=1, visible_gpus=(gpu,))
+        executor.update_parameters(**params, gpus_per_node=len(slot), visible_gpus=slot)
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -92,8 +108,8 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
         slots = self.slots()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"gpu_pinned: {len(job_overrides)} jobs on GPUs {sorted(set(slots))}, "
-                 f"{self.jobs_per_gpu} at a time per GPU; sweep output dir: {sweep_dir}")
+        log.info(f"{type(self).__name__}: {len(job_overrides)} jobs, {len(slots)} at a time, each in a fresh process "
+                 f"seeing GPUs {slots}; sweep output dir: {sweep_dir}")
         todo: queue.Queue = queue.Queue()
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
@@ -102,8 +118,8 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
         results: List[Optional[JobReturn]] = [None] * len(job_overrides)
         errors: List[BaseException] = []
 
-        def worker(gpu: int) -> None:
-            executor = self._executor(gpu)
+        def worker(slot: Tuple[int, ...]) -> None:
+            executor = self._executor(slot)
             while True:
                 try:
                     i, params = todo.get_nowait()
@@ -111,12 +127,13 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
                     return
                 try:
                     job = executor.submit(self, *params)
-                    log.info(f"\t#{params[2]} → GPU {gpu} (submitit job {job.job_id})")
+                    log.info(f"\t#{params[2]} → GPUs {slot} (submitit job {job.job_id})")
                     results[i] = job.results()[0]
                 except BaseException as e:  # a killed or crashed job: the others go on; raised at the end
                     errors.append(e)
 
-        threads = [threading.Thread(target=worker, args=(gpu,), name=f"gpu{gpu}", daemon=True) for gpu in slots]
+        threads = [threading.Thread(target=worker, args=(slot,), name=f"slot{i}", daemon=True)
+                   for i, slot in enumerate(slots)]
         for t in threads:
             t.start()
         for t in threads:
@@ -124,3 +141,13 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
         if errors:
             raise errors[0]
         return [r for r in results if r is not None]
+
+
+class IsolatedLauncher(GpuPinnedLauncher):
+    """One job at a time, each in a fresh process that sees every GPU (none on a CPU machine)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        return BaseSubmititLauncher.__call__(self, *args, **kwargs)  # nothing pinned
+
+    def slots(self) -> List[Tuple[int, ...]]:
+        return [tuple(detect_gpus())]

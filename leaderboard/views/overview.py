@@ -22,6 +22,7 @@ if runs.empty:
 order = ranking.group_order(runs)
 sizes = runs["group"].value_counts()
 axis_of = runs.drop_duplicates("group").set_index("group")["axis"]
+scenario_of = runs.drop_duplicates("group").set_index("group")["scenario"]
 
 left, right = st.columns([2, 3])
 axis = left.radio("Axis", list(dict.fromkeys(axis_of[order])), horizontal=True, key="axis")
@@ -30,7 +31,7 @@ group = right.selectbox("Peer group", [g for g in order if axis_of[g] == axis],
 members = runs[runs["group"] == group].set_index("id")
 
 metrics = ui.metric_rows(snap, tuple(members.index), tuple(ranking.RANKED_METRICS), ranking.ACCURACY_LIKE)
-cells = ranking.rank_cells(metrics.rename(columns={"run_id": "entry"}), axis)
+cells = ranking.rank_cells(metrics.rename(columns={"run_id": "entry"}), axis, scenario_of[group])
 ranked_columns = cells.dropna(subset=["rank"]).drop_duplicates("column")
 
 toggles = st.columns(2)
@@ -45,7 +46,7 @@ with st.expander("Composite score: weights"):
     st.caption(f"Composite = weighted harmonic mean of the min–max scores (1 = best in the group, 0 = worst; "
                f"a 0 counts as {ranking.FLOOR} so one worst metric does not zero the score). "
                "Set a weight to 0 to leave a metric out.")
-    paper = {c.title for c in ranking.columns_for(axis) if c.paper}
+    paper = {c.title for c in ranking.columns_for(axis, scenario_of[group]) if c.paper}
     inputs = st.columns(max(len(ranked_columns), 1))
     weights = {c: inputs[i].number_input(c, 0.0, 10.0, 1.0 if c in paper else 0.0, 0.5, key=f"w_{c}")
                for i, c in enumerate(ranked_columns["column"])}
