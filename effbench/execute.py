@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 import time
 import traceback
 import uuid
@@ -35,6 +36,8 @@ log = logging.getLogger("effbench")
 class ConfigError(ValueError):
     """A config that cannot describe a run; the CLI exits with code 2."""
 
+
+_RUN_ID = re.compile(r"[0-9a-f]+")
 
 # scenario name -> module in runners/ whose `run(cfg, ctx) -> ScenarioResult` executes it
 SCENARIOS = {"inference": "runners.inference", "pretrain": "runners.pretrain", "finetune": "runners.finetune",
@@ -72,6 +75,11 @@ def validate(cfg: DictConfig) -> RunConfig:
     for key, bound in (cfg.scenario.get("slo") or {}).items():
         if bound is not None and not bound > 0:
             raise ConfigError(f"scenario.slo.{key}={bound} must be > 0 seconds, or null for no bound")
+    if cfg.model.get("source") == "artifact" and not _RUN_ID.fullmatch(str(cfg.model.run_id)):
+        raise ConfigError(
+            f"model.run_id={cfg.model.run_id!r} is not a run id (hex digits, or a prefix of them). The command line "
+            "reads an id like 710e6566 as a number (7.1e6566 → inf): quote it, model.run_id=\"'710e6566'\", "
+            "or give more of the id")
     run_cfg = OmegaConf.to_object(cfg)
     spec = techniques.get_technique(run_cfg.technique.method)
     try:

@@ -117,6 +117,16 @@ def test_crash_while_saving_leaves_no_artifact(env, monkeypatch):
     assert list((env / "artifacts").iterdir()) == []  # neither final nor .partial
 
 
+@pytest.mark.parametrize("typed", ["710e6566", "1234e12"])
+def test_a_run_id_the_command_line_reads_as_a_number_is_refused_with_the_fix(typed):
+    from effbench.execute import validate
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["model=artifact", f"model.run_id={typed}"])
+    with pytest.raises(ConfigError, match="quote it"):
+        validate(cfg)
+
+
 def test_invalid_combination_fails_at_config_time(env):
     with pytest.raises(ConfigError, match="num_kv_heads=3 must divide model.num_heads=4"):
         run(env, "technique=gqa", "model.num_heads=4", "technique.options.num_kv_heads=3")

@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
@@ -70,6 +71,19 @@ ConfigStore.instance().store(group="hydra/launcher", name="gpu_pinned", node=Gpu
 ConfigStore.instance().store(group="hydra/launcher", name="isolated", node=IsolatedLauncherConf, provider="effbench")
 
 
+class _Counter:
+    """Jobs ended so far, shared by the slot threads."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def increment(self) -> int:
+        with self._lock:
+            self._n += 1
+            return self._n
+
+
 class GpuPinnedLauncher(BaseSubmititLauncher):
     _EXECUTOR = "local"
 
@@ -108,14 +122,15 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
         slots = self.slots()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"{type(self).__name__}: {len(job_overrides)} jobs, {len(slots)} at a time, each in a fresh process "
-                 f"seeing GPUs {slots}; sweep output dir: {sweep_dir}")
+        log.info(f"{type(self).__name__}: {len(job_overrides)} jobs, {len(slots)} at a time, each in a fresh process; "
+                 f"sweep output dir: {sweep_dir}")
         todo: queue.Queue = queue.Queue()
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             todo.put((i, (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())))
         results: List[Optional[JobReturn]] = [None] * len(job_overrides)
+        done = _Counter()
         errors: List[BaseException] = []
 
         def worker(slot: Tuple[int, ...]) -> None:
@@ -127,8 +142,12 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
                     return
                 try:
                     job = executor.submit(self, *params)
-                    log.info(f"\t#{params[2]} → GPUs {slot} (submitit job {job.job_id})")
+                    where = f"GPUs {list(slot)}" if slot else "no GPU"
+                    log.info(f"\t#{params[2]} started ({where}, submitit job {job.job_id}, log {job.paths.stdout})")
+                    started = time.perf_counter()
                     results[i] = job.results()[0]
+                    log.info(f"\t#{params[2]} ended after {time.perf_counter() - started:.0f} s "
+                             f"({done.increment()} of {len(job_overrides)} done)")
                 except BaseException as e:  # a killed or crashed job: the others go on; raised at the end
                     errors.append(e)
 
