@@ -36,7 +36,7 @@ def _high_water_mark_bytes() -> int:
 class CpuMemoryTracker:
     """Process RSS sampled every `interval_s`, cross-checked with the kernel's high-water mark."""
 
-    def __init__(self, interval_s: float = 0.01):
+    def __init__(self, interval_s: float = 0.05):
         proc = psutil.Process(os.getpid())
         self._sampler = PollingSampler({"rss": lambda: proc.memory_info().rss}, interval_s)
         self._total = psutil.virtual_memory().total
