@@ -21,7 +21,7 @@ from effbench.store import ResultStore
 from effbench.techniques import get_technique
 from runners.finetune import response_loss, spread
 
-METHODS = ["lora", "rslora", "dora", "pissa", "loraplus", "freeze", "full"]
+METHODS = ["lora", "rslora", "dora", "pissa", "loraplus", "qlora", "freeze", "full"]
 PRETRAIN = ["scenario=pretrain", "model=tiny", "model.hidden_size=64", "model.num_layers=2",
             "model.intermediate_size=172", "technique=mha", "scenario.token_budget=8192", "scenario.seq_len=64",
             "scenario.micro_batch_size=8", "scenario.eval_every=10", "scenario.warmup_steps=2",
@@ -33,7 +33,7 @@ FINETUNE = ["scenario=finetune", "model=artifact", f"scenario.seq_len={SEQ}", "s
 # Eight steps are few: adapters get a larger learning rate than their YAML defaults (LoRA+ multiplies B's by 16).
 EXTRA = {"lora": ["technique.lr=1e-2"], "rslora": ["technique.lr=1e-2", "scenario.merge_adapter=true"],
          "dora": ["technique.lr=1e-2"], "pissa": ["technique.lr=3e-3"], "loraplus": ["technique.lr=2e-3"],
-         "freeze": ["technique.top_layers=1"], "full": []}
+         "qlora": ["technique.lr=1e-2"], "freeze": ["technique.top_layers=1"], "full": []}
 
 
 def compose_cfg(db, *overrides):
@@ -77,7 +77,7 @@ def n_trainable(model):
 # Trainable parameters: the analytic count per method
 
 
-@pytest.mark.parametrize("method", ["lora", "rslora", "pissa-niter4", "loraplus", "dora", "freeze", "full"])
+@pytest.mark.parametrize("method", ["lora", "rslora", "pissa-niter4", "loraplus", "qlora", "dora", "freeze", "full"])
 def test_trainable_parameters_match_the_analytic_count(tiny_cfg, method):
     model = load_model(tiny_cfg).model
     total = sum(p.numel() for p in model.parameters())
@@ -88,7 +88,7 @@ def test_trainable_parameters_match_the_analytic_count(tiny_cfg, method):
     r = 8
     lora = layers * sum(r * (i + o) for i, o in shapes)
     expected = {
-        "lora": lora, "rslora": lora, "pissa-niter4": lora, "loraplus": lora,
+        "lora": lora, "rslora": lora, "pissa-niter4": lora, "loraplus": lora, "qlora": lora,
         "dora": lora + layers * sum(o for _, o in shapes),  # + the magnitude vector, d_out per matrix
         # top layer (attention 4·d², SwiGLU 3·d·I, two norms) + final norm + LM head
         "freeze": (4 * d * d + 3 * d * inter + 2 * d) + d + vocab * d,
@@ -96,6 +96,27 @@ def test_trainable_parameters_match_the_analytic_count(tiny_cfg, method):
     }[method]
     adapted = apply(model, method, "technique.top_layers=1") if method == "freeze" else apply(model, method)
     assert n_trainable(adapted) == expected
+
+
+def test_qlora_gradients_reach_the_lowest_adapter_after_an_eval_pass(tiny_cfg):
+    """An eval-mode forward (the runner's step-0 evaluation) must not switch the
+    4-bit layers to bitsandbytes' CPU kernel that has no backward."""
+    model = apply(load_model(tiny_cfg).model, "qlora")
+    x = torch.randint(3, 259, (2, 32), generator=torch.Generator().manual_seed(0))
+    lowest = next(p for n, p in model.named_parameters() if "layers.0." in n and "lora_B" in n)
+
+    def grad():
+        model.train()
+        model.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        return lowest.grad.clone()
+
+    before = grad()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=x)
+    assert before.abs().sum() > 0
+    torch.testing.assert_close(grad(), before)
 
 
 def test_lora_on_moe_experts_uses_target_parameters_and_dora_is_refused():
@@ -162,7 +183,8 @@ def test_every_method_lowers_the_heldout_loss_and_reports_the_axis(trained):
             r.metric(name)
     runs = trained["runs"]
     trainable = {m: runs[m].metric("model.trainable_parameters").value for m in runs}
-    assert trainable["lora"] == trainable["rslora"] == trainable["pissa"] == trainable["loraplus"] < trainable["dora"]
+    assert trainable["lora"] == trainable["rslora"] == trainable["pissa"] == trainable["loraplus"] == trainable["qlora"]
+    assert trainable["lora"] < trainable["dora"]
     assert trainable["dora"] < trainable["freeze"] < trainable["full"] == runs["full"].metric("model.parameters").value
     assert runs["rslora"].metric("latency.merge_s").value > 0  # merged; the others were not
     assert not any(m.name == "latency.merge_s" for m in runs["lora"].metrics)

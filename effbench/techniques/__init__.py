@@ -2,7 +2,7 @@
 
 from effbench.techniques import architecture, precision  # noqa: F401  (each registers itself)
 from effbench.techniques import quant_bnb, quant_calibrated, quant_hqq, quant_quanto, quant_torchao  # noqa: F401
-from effbench.techniques import freeze, full, peft_lora  # noqa: F401  (the fine-tuning axis)
+from effbench.techniques import freeze, full, peft_lora, peft_qlora  # noqa: F401  (the fine-tuning axis)
 from effbench.techniques.registry import UnsupportedTechnique, get_technique, registered_methods
 
 __all__ = ["UnsupportedTechnique", "get_technique", "registered_methods"]
