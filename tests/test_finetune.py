@@ -184,6 +184,8 @@ def test_every_method_lowers_the_heldout_loss_and_reports_the_axis(trained):
     runs = trained["runs"]
     trainable = {m: runs[m].metric("model.trainable_parameters").value for m in runs}
     assert trainable["lora"] == trainable["rslora"] == trainable["pissa"] == trainable["loraplus"] == trainable["qlora"]
+    # 4-bit weights count as the weights they stand for, not their packed bytes
+    assert runs["qlora"].metric("model.parameters").value == runs["lora"].metric("model.parameters").value
     assert trainable["lora"] < trainable["dora"]
     assert trainable["dora"] < trainable["freeze"] < trainable["full"] == runs["full"].metric("model.parameters").value
     assert runs["rslora"].metric("latency.merge_s").value > 0  # merged; the others were not

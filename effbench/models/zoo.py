@@ -94,9 +94,9 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     active non-embedding: the N of the 2·N·tokens / 6·N·tokens FLOP rules (the
     LM head is a matmul and stays in, the input embedding is a lookup and is
     left out, idle experts do no work)."""
-    from effbench.models.architectures.base import active_parameters
+    from effbench.models.architectures.base import active_parameters, total_parameters
 
-    total = sum(p.numel() for p in model.parameters())
+    total = total_parameters(model)
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
     tied = out is not None and out.weight is emb

@@ -98,8 +98,15 @@ def architecture_of(model: torch.nn.Module) -> Optional[Architecture]:
     return None
 
 
+def logical_numel(p: torch.Tensor) -> int:
+    """Weights a parameter stands for: bitsandbytes 4-bit parameters hold two per
+    byte, so their numel() counts packed bytes; their quant_state has the shape."""
+    state = getattr(p, "quant_state", None)
+    return state.shape.numel() if state is not None else p.numel()
+
+
 def total_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return sum(logical_numel(p) for p in model.parameters())
 
 
 def active_parameters(model: torch.nn.Module) -> int:
@@ -128,7 +135,7 @@ def moe_active_parameters(model: torch.nn.Module) -> int:
     total = total_parameters(model)
     if not experts_n or not isinstance(top_k, int) or top_k >= experts_n:
         return total
-    routed = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    routed = sum(logical_numel(p) for name, p in model.named_parameters() if ".experts." in name)
     return total - routed * (experts_n - top_k) // experts_n
 
 
