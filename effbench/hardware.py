@@ -112,6 +112,8 @@ def _git_commit() -> str | None:
 def describe_software() -> dict:
     return {
         "python": platform.python_version(),
+        # fixed seeds make processes hash (and time) alike; see docs/results/gate_power.md
+        "python_hash_seed": os.environ.get("PYTHONHASHSEED", "random"),
         **{name: _version(name) for name in ("torch", "transformers", "peft", "effbench", "codecarbon")},
         "effbench_commit": _git_commit(),
     }

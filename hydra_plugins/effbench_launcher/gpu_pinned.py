@@ -119,6 +119,10 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
+        # Jobs inherit this environment. One hash seed for all of them: with random
+        # seeds a small model's per-token latency varied 12% between processes, with
+        # one 6% (docs/results/gate_power.md). An explicit PYTHONHASHSEED wins.
+        os.environ.setdefault("PYTHONHASHSEED", "0")
         slots = self.slots()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
