@@ -204,7 +204,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
         make_metric("quality.perplexity", math.exp(loss), Source.ANALYTIC, note=how),
         make_metric("quality.base_loss", base_loss, Source.ANALYTIC, note=f"step 0; {how}"),
         make_metric("model.parameters", params["total"], Source.ANALYTIC,
-                    note="sum of parameter numel: base + adapter, before any merge"),
+                    note="sum of parameter numel (4-bit weights unpacked): base + adapter, before any merge"),
         make_metric("model.trainable_parameters", trainable, Source.ANALYTIC,
                     note="numel of parameters with requires_grad"),
         *extra,

@@ -3,6 +3,8 @@ load profile against a batching server, each run one measured window."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from tqdm.auto import tqdm
 
@@ -65,12 +67,11 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
             with window.measure():
                 runs.append(drive(load, server, max_batch))
 
-    slos = {"ttft_s": sc.slo.ttft_s, "tpot_s": sc.slo.tpot_s, "e2e_s": sc.slo.e2e_s}
     return ScenarioResult([
         *window.metrics(),
         *latency_metrics([r for run in runs for r in run.requests],
                          how=f"per request from its arrival under {profile} load (queueing included)"),
-        *serving_metrics(runs, slos, profile),
+        *serving_metrics(runs, dataclasses.asdict(sc.slo), profile),
         make_metric("model.parameters", parameter_counts(model)["total"], Source.ANALYTIC,
                     note="sum of parameter numel"),
     ], model_name=gen.loaded.name)

@@ -19,7 +19,7 @@ from effbench.config.schema import DType
 from effbench.techniques.peft_common import AXIS
 from effbench.techniques.peft_lora import LoraFamilyConfig, _check, peft_config
 from effbench.techniques.quant_bnb import Bnb4bitConfig, _apply_4bit
-from effbench.techniques.quant_common import QuantSpec, torch_dtype
+from effbench.techniques.quant_common import QuantSpec
 from effbench.techniques.registry import register
 
 
@@ -55,7 +55,5 @@ register(QuantSpec(
     schema=QLoraConfig,
     apply=_apply,
     check=_check,
-    compute_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
-    load_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
     requires=(("bitsandbytes", "bitsandbytes"),),
 ))

@@ -87,7 +87,5 @@ for _method, _schema, _apply in (("bnb-4bit", Bnb4bitConfig, _apply_4bit), ("bnb
         schema=_schema,
         apply=_apply,
         devices=("cpu", "cuda"),
-        compute_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
-        load_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
         requires=_REQUIRES,
     ))

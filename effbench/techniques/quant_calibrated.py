@@ -104,7 +104,5 @@ for _method, _schema, _apply, _requires in (("gptq", GptqConfig, _apply_gptq, (_
         schema=_schema,
         apply=_apply,
         devices=("cuda",),
-        compute_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
-        load_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
         requires=_requires,
     ))

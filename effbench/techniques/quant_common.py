@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +34,16 @@ def torch_dtype(dtype: DType | str) -> torch.dtype:
     return getattr(torch, DType(dtype).value)
 
 
+def _config_dtype(cfg) -> torch.dtype:
+    return torch_dtype(cfg.compute_dtype)
+
+
 @dataclass(frozen=True)
 class QuantSpec(TechniqueSpec):
+    # Every quantization schema has compute_dtype: activations run in it, and hub
+    # weights load in it (the layers left unquantized keep it).
+    compute_dtype: Callable[[TechniqueConfig], torch.dtype] = _config_dtype
+    load_dtype: Callable[[TechniqueConfig], torch.dtype] = _config_dtype
     # (import name, pip requirement) of each package the backend needs
     requires: tuple[tuple[str, str], ...] = ()
 

@@ -48,7 +48,5 @@ register(QuantSpec(
     schema=HqqConfig,
     apply=_apply,
     devices=("cpu", "cuda"),
-    compute_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
-    load_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
     requires=(("hqq", "hqq"),),
 ))

@@ -59,7 +59,5 @@ register(QuantSpec(
     schema=QuantoConfig,
     apply=_apply,
     devices=("cpu", "cuda"),
-    compute_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
-    load_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
     requires=(("optimum.quanto", "optimum-quanto"),),
 ))

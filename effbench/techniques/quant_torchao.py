@@ -85,7 +85,5 @@ for _method, _schema, _apply, _devices in (("torchao-int8", TorchaoInt8Config, _
         schema=_schema,
         apply=_apply,
         devices=_devices,
-        compute_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
-        load_dtype=lambda cfg: torch_dtype(cfg.compute_dtype),
         requires=_REQUIRES,
     ))

@@ -42,7 +42,6 @@ from hydra.errors import HydraException
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
-
 from effbench.device_pinning import (ENV_ALLOW_SHARED, ENV_JOBS_PER_DEVICE, ENV_PINNED_GPU, SharedDeviceError,
                                      detect_gpus, plan_slots)
 
@@ -69,19 +68,6 @@ class IsolatedLauncherConf(LocalQueueConf):
 ConfigStore.instance().store(group="hydra/launcher", name="gpu_pinned", node=GpuPinnedLauncherConf,
                              provider="effbench")
 ConfigStore.instance().store(group="hydra/launcher", name="isolated", node=IsolatedLauncherConf, provider="effbench")
-
-
-class _Counter:
-    """Jobs ended so far, shared by the slot threads."""
-
-    def __init__(self) -> None:
-        self._n = 0
-        self._lock = threading.Lock()
-
-    def increment(self) -> int:
-        with self._lock:
-            self._n += 1
-            return self._n
 
 
 class GpuPinnedLauncher(BaseSubmititLauncher):
@@ -134,7 +120,6 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             todo.put((i, (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())))
         results: List[Optional[JobReturn]] = [None] * len(job_overrides)
-        done = _Counter()
         errors: List[BaseException] = []
 
         def worker(slot: Tuple[int, ...]) -> None:
@@ -151,7 +136,7 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
                     started = time.perf_counter()
                     results[i] = job.results()[0]
                     log.info(f"\t#{params[2]} ended after {time.perf_counter() - started:.0f} s "
-                             f"({done.increment()} of {len(job_overrides)} done)")
+                             f"({sum(r is not None for r in results)} of {len(job_overrides)} done)")
                 except BaseException as e:  # a killed or crashed job: the others go on; raised at the end
                     errors.append(e)
 
