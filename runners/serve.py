@@ -70,7 +70,8 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     return ScenarioResult([
         *window.metrics(),
         *latency_metrics([r for run in runs for r in run.requests],
-                         how=f"per request from its arrival under {profile} load (queueing included)"),
+                         how=f"per request, {profile} load: token times via a generate() streamer; TTFT and e2e "
+                             "from the request's arrival (queueing included)"),
         *serving_metrics(runs, dataclasses.asdict(sc.slo), profile),
         make_metric("model.parameters", parameter_counts(model)["total"], Source.ANALYTIC,
                     note="sum of parameter numel"),
