@@ -25,7 +25,7 @@ from scipy import stats
 from sqlalchemy import insert
 
 from effbench.metrics.catalog import CATALOG
-from effbench.store import ResultStore
+from effbench.store import open_store
 from effbench.store.schema import MetricRow, RunRow
 
 APP = Path(__file__).resolve().parent.parent / "leaderboard" / "app.py"
@@ -89,7 +89,7 @@ def _runs_and_metrics(n: int, rng: np.random.Generator, start: datetime) -> tupl
             "config": _config(model, technique, scenario, batch),
             "config_hash": f"synthetic-{model}-{technique}-{batch}",
             "hardware": {**HARDWARE_FACTS, "label": hardware}, "software": SOFTWARE, "seed": 0, "tags": ["synthetic"],
-            "sweep_id": None, "duration_s": 1.0, "artifact": None,
+            "sweep_id": None, "duration_s": 1.0, "artifact": None, "warnings": [], "provenance": {},
         })  # fmt: skip
         if status != "ok":
             continue
@@ -113,7 +113,8 @@ def _runs_and_metrics(n: int, rng: np.random.Generator, start: datetime) -> tupl
 
 
 def fill(url: str, n: int, chunk: int = 5000) -> None:
-    store = ResultStore(url)  # creates the tables
+    store = open_store(url)
+    store.migrate()  # creates the tables
     rng = np.random.default_rng(0)
     start = datetime(2025, 1, 1, tzinfo=timezone.utc)
     with store.engine.begin() as conn:

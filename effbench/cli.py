@@ -19,6 +19,7 @@ Commands:
   show     one run in full: config, hardware, every metric with its samples
   export   runs to JSON (full records), CSV or Parquet (one row per metric)
   import   JSON run records (validated; re-import adds nothing)
+  migrate  create or upgrade a SQL store's schema
   gate     CI regression gate: candidate vs baseline runs, noise-aware (exit 1 on regression)
   leaderboard  the leaderboard website (Streamlit) over the store, read-only
 
@@ -31,7 +32,8 @@ Examples:
   effbench export runs.parquet
 
 The store is SQLite at results/effbench.db unless --db or $EFFBENCH_DB_URL
-names another SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db).
+names another: sqlite:///PATH, postgresql+psycopg://user@host/db, or
+json:///DIR (a directory of JSON records).
 """
 
 EXIT_CONFIG = 2
@@ -63,7 +65,7 @@ def cmd_run(argv: list[str]) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from effbench.execute import ConfigError
+    from effbench.errors import ConfigError
 
     # Let config errors reach us instead of Hydra's exit(1), to exit 2 with a clear message.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -75,20 +77,23 @@ def cmd_run(argv: list[str]) -> int:
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
         print(explain_config_error(e), file=sys.stderr)
         return EXIT_CONFIG
-    return 0
+    # A single run that failed says so in its exit status (a sweep goes on and reports its failures).
+    return 1 if hydra_app.last_status == "failed" and "--multirun" not in argv and "-m" not in argv else 0
 
 
-def _store(args):
-    from effbench.store import ResultStore
+def _open(args, read_only: bool = True):
+    """The command's store; StoreError (exit 2) when it cannot be opened as asked."""
+    from effbench.store import open_store
 
-    return ResultStore(args.db, read_only=getattr(args, "read_only", False))
+    return open_store(args.db, read_only=read_only)
 
 
 def cmd_list(args) -> int:
     from effbench.report import print_run_list
 
-    runs = _store(args).runs(status=args.status, model=args.model, technique=args.technique,
-                             scenario=args.scenario, tag=args.tag, limit=args.limit)
+    with _open(args) as store:
+        runs = store.runs(status=args.status, model=args.model, technique=args.technique, scenario=args.scenario,
+                          tag=args.tag, limit=args.limit)
     print_run_list(runs)
     return 0
 
@@ -96,49 +101,67 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from effbench.report import print_run
 
-    try:
-        print_run(_store(args).get(args.run))
-    except KeyError as e:
-        print(f"effbench: {e.args[0]}", file=sys.stderr)
-        return 1
+    with _open(args) as store:
+        try:
+            record = store.get(args.run)
+        except KeyError as e:
+            print(f"effbench: {e.args[0]}; `effbench list` shows the stored runs", file=sys.stderr)
+            return EXIT_CONFIG
+    print_run(record)
     return 0
 
 
 def cmd_export(args) -> int:
-    fmt = args.format or args.path.rsplit(".", 1)[-1]
-    if fmt not in ("json", "csv", "parquet"):
-        print(f"effbench: cannot tell the format of {args.path!r}; pass --format json|csv|parquet", file=sys.stderr)
-        return EXIT_CONFIG
-    n = _store(args).export(args.path, fmt)
-    what = "runs" if fmt == "json" else "metric rows"
-    print(f"exported {n} {what} to {args.path}")
+    from effbench.store.export import export_format
+
+    fmt = export_format(args.path, args.format)
+    with _open(args) as store:
+        n = store.export(args.path, fmt)
+    print(f"exported {n} {'runs' if fmt == 'json' else 'metric rows'} to {args.path}")
     return 0
 
 
 def cmd_import(args) -> int:
     from effbench.store import RecordError
+    from effbench.store.records_io import read_records
 
     try:
-        added, present = _store(args).import_json(args.path)
+        # Every record is validated before the store is opened: a rejected import creates nothing.
+        loaded = read_records(args.path, skip_invalid=args.skip_invalid)
     except RecordError as e:
-        print(f"effbench: {args.path}: {e} (nothing was imported)", file=sys.stderr)
-        return 1
-    print(f"imported {added} runs from {args.path} ({present} already present)")
+        print(f"effbench: {e} (nothing was imported; --skip-invalid imports the valid files of a directory)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    for name, reason in loaded.skipped:
+        print(f"effbench: skipped {name}: {reason}", file=sys.stderr)
+    with _open(args, read_only=False) as store:
+        added, present = store.import_records(loaded.records)
+    skipped = f", {len(loaded.skipped)} files skipped as invalid" if loaded.skipped else ""
+    print(f"imported {added} runs from {args.path} ({present} already present{skipped})")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    with _open(args, read_only=False) as store:
+        if not hasattr(store, "migrate"):
+            print(f"effbench: {store.url} is a directory of JSON records: it has no schema to upgrade")
+            return 0
+        before, after = store.migrate()
+    print(f"{store.url}: schema {before or '(none)'} → {after}" if before != after else
+          f"{store.url}: schema {after}, already current")
     return 0
 
 
 def cmd_leaderboard(args) -> int:
     """Become `streamlit run leaderboard/app.py` (through `python -m leaderboard`, which imports the
     pages first). The store URL goes by environment, so a password in it stays out of the process list."""
-    from sqlalchemy.engine import make_url
-
     import leaderboard
-    from effbench.store.store import default_url
+    from effbench.store.base import check_url
 
-    url = args.db or default_url()
+    url = check_url(args.db)
+    shown = url if "@" not in url else url.split("://", 1)[0] + "://***@" + url.split("@", 1)[1]
     app = os.path.join(next(iter(leaderboard.__path__)), "app.py")
-    print(f"effbench leaderboard: http://{args.host}:{args.port} (store {make_url(url).render_as_string()})",
-          flush=True)
+    print(f"effbench leaderboard: http://{args.host}:{args.port} (store {shown})", flush=True)
     os.execve(sys.executable, [sys.executable, "-m", "leaderboard", "run", app, "--server.headless", "true",
                                "--server.port", str(args.port), "--server.address", args.host,
                                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"],
@@ -170,20 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--scenario")
     ls.add_argument("--tag")
     ls.add_argument("--limit", type=int, default=50, help="newest N runs (default 50)")
-    ls.set_defaults(func=cmd_list, read_only=True)
+    ls.set_defaults(func=cmd_list)
 
     sh = with_db(sub.add_parser("show", help="one run in full"))
     sh.add_argument("run", help="run id or a unique prefix of it")
-    sh.set_defaults(func=cmd_show, read_only=True)
+    sh.set_defaults(func=cmd_show)
 
     ex = with_db(sub.add_parser("export", help="export runs: .json (records), .csv / .parquet (one row per metric)"))
     ex.add_argument("path")
     ex.add_argument("--format", choices=["json", "csv", "parquet"], help="default: from the file extension")
-    ex.set_defaults(func=cmd_export, read_only=True)
+    ex.set_defaults(func=cmd_export)
 
     im = with_db(sub.add_parser("import", help="import JSON run records (validated, idempotent)"))
-    im.add_argument("path")
+    im.add_argument("path", help="a JSON export, a record file, or a directory of them (a json:// store)")
+    im.add_argument("--skip-invalid", action="store_true",
+                    help="import the valid files of a directory and list each invalid one with its reason "
+                         "(default: one invalid file refuses the whole import)")
     im.set_defaults(func=cmd_import)
+
+    mg = with_db(sub.add_parser("migrate", help="create or upgrade a SQL store's schema to this effbench's version"))
+    mg.set_defaults(func=cmd_migrate)
 
     from effbench.gate.cli import HELP as GATE_HELP, add_arguments as gate_arguments
 
@@ -208,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    return args.func(args)
+    from effbench.errors import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:  # a store that cannot be opened as asked, an export format, ...
+        print(f"effbench: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

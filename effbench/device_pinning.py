@@ -99,14 +99,6 @@ def plan_slots(gpus: list[int], jobs_per_gpu: int = 1, allow_shared: bool = Fals
     return [g for _ in range(jobs_per_gpu) for g in gpus]
 
 
-def job_env(gpu: int, jobs_per_gpu: int, allow_shared: bool) -> dict[str, str]:
-    """Environment of a job pinned to `gpu`."""
-    env = {"CUDA_VISIBLE_DEVICES": str(gpu), ENV_PINNED_GPU: str(gpu), ENV_JOBS_PER_DEVICE: str(jobs_per_gpu)}
-    if allow_shared:
-        env[ENV_ALLOW_SHARED] = "1"
-    return env
-
-
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
     if cfg is None:
         return default

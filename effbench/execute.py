@@ -1,51 +1,44 @@
 """Turn one resolved config into one stored run record — whatever happens.
 
-A crash inside the scenario becomes a `failed` record with its error, a
-technique that cannot run here becomes `skipped` with the reason, and the
-sweep goes on. Config errors are raised before anything is stored.
+Every check of the config runs first (`validate`: the scenario's own keys, the
+technique's fit with the scenario and the model, paths, the store URL), so bad
+input exits 2 before anything loads or is stored. Then `prepare` resolves what
+the run needs once (the `Subject`), the scenario runs, and the record is
+written: a crash inside the scenario becomes a `failed` record with its error,
+a technique that cannot run here becomes `skipped` with the reason, and the
+sweep goes on.
+
+Nothing heavy is imported at module level: `import effbench.execute` is cheap,
+torch and the technique's libraries load when a run needs them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
-import re
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass, is_dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from effbench import device_pinning, distributed, techniques
-from effbench.artifacts import discard_partial
-from effbench.config.schema import NON_IDENTITY_KEYS, RunConfig
-from effbench.hardware import describe_hardware, describe_software, hardware_label, resolve_device
-from effbench.metrics.record import RunRecord, Status
-from effbench.models.architectures import build_architecture
-from effbench.store import RecordError, ResultStore
-from runners.base import RunContext, ScenarioResult
+from effbench.config.schema import NON_IDENTITY_KEYS, RunConfig, load_plugins
+from effbench.errors import ConfigError
+from effbench.registry import UnknownName
+
+if TYPE_CHECKING:
+    from effbench.metrics.record import RunRecord
+    from runners.base import ScenarioSpec, Subject
+
+__all__ = ["ConfigError", "config_hash", "execute", "prepare", "validate"]
 
 log = logging.getLogger("effbench")
-
-
-class ConfigError(ValueError):
-    """A config that cannot describe a run; the CLI exits with code 2."""
-
-
-_RUN_ID = re.compile(r"[0-9a-f]+")
-
-# scenario name -> module in runners/ whose `run(cfg, ctx) -> ScenarioResult` executes it
-SCENARIOS = {"inference": "runners.inference", "pretrain": "runners.pretrain", "finetune": "runners.finetune",
-             "serve": "runners.serve"}
-
-
-def scenario_runner(name: str) -> Callable[[RunConfig, RunContext], ScenarioResult]:
-    return importlib.import_module(SCENARIOS[name]).run
+load_plugins()
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -56,74 +49,98 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def _plain(node: Any) -> Any:
+    """A schema instance as the plain dict the stored config holds."""
+    if is_dataclass(node):
+        return OmegaConf.to_container(OmegaConf.structured(node), resolve=True, enum_to_str=True)
+    return node
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated run: its typed config, the scenario spec and the subject it measures."""
+
+    config: RunConfig
+    scenario: ScenarioSpec
+    subject: Subject
+
+
+def _typed(cfg: DictConfig) -> RunConfig:
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"{e.full_key} has no value: set it on the command line, e.g. {e.full_key}=...") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
 def validate(cfg: DictConfig) -> RunConfig:
-    """Checks Hydra's schema cannot express; raises ConfigError naming the key."""
-    if cfg.scenario.name not in SCENARIOS:
-        raise ConfigError(f"scenario.name={cfg.scenario.name!r} has no runner; choose one of {', '.join(SCENARIOS)}")
+    """Every check that Hydra's schema cannot express; raises ConfigError naming the key."""
+    return prepare(cfg).config
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Validate the config and resolve the subject; ConfigError for anything that cannot run."""
+    from effbench.backends import BACKENDS
+    from effbench.data.corpus import check_data
+    from effbench.models.checks import check_model
+    from effbench.store.base import check_url
+    from effbench.techniques import TECHNIQUES
+    from runners import SCENARIOS
+    from runners.base import Subject
+    from runners.baseline import StoreBaselineLookup
+
+    run_cfg = _typed(cfg)
     try:
-        techniques.get_technique(cfg.technique.method)
-    except KeyError as e:
-        raise ConfigError(f"technique.method: {e.args[0]}") from None
-    for key in ("batch_size", "prompt_tokens", "output_tokens", "repeats", "num_requests", "concurrency",
-                "max_batch_size"):
-        if key in cfg.scenario and cfg.scenario[key] < 1:
-            raise ConfigError(f"scenario.{key}={cfg.scenario[key]} must be ≥ 1")
-    if "output_tokens" in cfg.scenario and cfg.scenario.output_tokens < 2:
-        raise ConfigError("scenario.output_tokens must be ≥ 2 (TPOT needs two tokens)")
-    if "rate" in cfg.scenario and not cfg.scenario.rate > 0:
-        raise ConfigError(f"scenario.rate={cfg.scenario.rate} must be > 0 requests per second")
-    for key, bound in (cfg.scenario.get("slo") or {}).items():
-        if bound is not None and not bound > 0:
-            raise ConfigError(f"scenario.slo.{key}={bound} must be > 0 seconds, or null for no bound")
-    if cfg.model.get("source") == "artifact" and not _RUN_ID.fullmatch(str(cfg.model.run_id)):
-        raise ConfigError(
-            f"model.run_id={cfg.model.run_id!r} is not a run id (hex digits, or a prefix of them). The command line "
-            "reads an id like 710e6566 as a number (7.1e6566 → inf): quote it, model.run_id=\"'710e6566'\", "
-            "or give more of the id")
-    run_cfg = OmegaConf.to_object(cfg)
-    spec = techniques.get_technique(run_cfg.technique.method)
-    try:
-        model_cfg = spec.configure_model(run_cfg.model, run_cfg.technique)
-        meta = None
-        if model_cfg.source == "builtin":
-            # Building on the meta device allocates nothing and runs every
-            # shape check a real build would: bad combinations fail here.
-            with torch.device("meta"):
-                meta = build_architecture(model_cfg, vocab_size=384)
-        if spec.check is not None:
-            # The technique's own check on that model (e.g. LoRA target modules it lacks).
-            meta = meta if meta is not None else _meta_pretrained(model_cfg)
-            if meta is not None:
-                spec.check(meta, run_cfg.technique)
-    except ValueError as e:
+        scenario = SCENARIOS.get(run_cfg.scenario.name)
+        technique = TECHNIQUES.get(run_cfg.technique.method)
+        BACKENDS.get(run_cfg.backend.kind)
+    except UnknownName as e:
         raise ConfigError(str(e)) from None
-    return run_cfg
-
-
-def _meta_pretrained(model_cfg) -> torch.nn.Module | None:
-    """A hub or artifact model built on the meta device from its config.json;
-    None when that cannot be read here (the run itself reports why)."""
-    from pathlib import Path
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    if not scenario.accepts(technique):
+        fitting = ", ".join(e.name for e in TECHNIQUES if scenario.accepts(e.target))
+        raise ConfigError(f"scenario={scenario.name} measures the {' / '.join(scenario.axes)} axis: "
+                          f"technique.method={technique.method!r} is on the {technique.axis} axis; choose a technique "
+                          f"of method {fitting}")
+    if not scenario.uses_backend and run_cfg.backend.kind != "hf":
+        raise ConfigError(f"backend={run_cfg.backend.kind}: scenario={scenario.name} trains in this process; "
+                          "only the inference and serve scenarios take another backend")
+    store_url = check_url(run_cfg.store.url)
     try:
-        if model_cfg.source == "artifact":
-            record = ResultStore(model_cfg.store_url, read_only=True).get(model_cfg.run_id)
-            config = AutoConfig.from_pretrained(Path(record.artifact["path"]))
-        else:
-            config = AutoConfig.from_pretrained(model_cfg.id, revision=model_cfg.revision,
-                                                trust_remote_code=model_cfg.trust_remote_code)
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=getattr(model_cfg, "trust_remote_code",
-                                                                                      False))
-    except Exception:  # noqa: BLE001 - unreadable here: the run's own load names the problem
-        return None
+        scenario.validate(run_cfg)
+        check_data(run_cfg.data.source, run_cfg.data.path, run_cfg.data.heldout_fraction)
+        model_cfg = technique.configure_model(run_cfg.model, run_cfg.technique)
+        # A model behind another backend (a server) is the server's to load.
+        meta = check_model(model_cfg) if run_cfg.backend.kind == "hf" else None
+        if technique.check is not None and meta is not None:
+            # The technique's own check on that model (e.g. LoRA target modules it lacks).
+            technique.check(meta, run_cfg.technique)
+    except ValueError as e:  # ConfigError included
+        raise ConfigError(str(e)) from None
+    baseline = None
+    if model_cfg == run_cfg.model:  # an architecture variant has no stored baseline of its own model
+        baseline = StoreBaselineLookup(store_url, _plain(run_cfg.model), _plain(run_cfg.data),
+                                       _plain(run_cfg.scenario))
+    subject = Subject(scenario=run_cfg.scenario, technique=technique, technique_config=run_cfg.technique,
+                      model=model_cfg, data=run_cfg.data, quality=run_cfg.quality, backend=run_cfg.backend,
+                      seed=run_cfg.seed, baseline=baseline)
+    return Plan(run_cfg, scenario, subject)
 
 
 def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
     """Run one pair and store its record; returns the record (new or the earlier one)."""
-    run_cfg = validate(cfg)
+    import torch
+
+    from effbench import device_pinning, distributed
+    from effbench.artifacts import discard_partial
+    from effbench.hardware import describe_hardware, describe_software, hardware_label, resolve_device
+    from effbench.metrics.record import RunRecord, Status
+    from effbench.store import RecordError, open_store
+    from effbench.techniques import UnsupportedTechnique
+    from runners.base import RunContext, ScenarioResult
+
+    plan = prepare(cfg)
+    run_cfg, subject = plan.config, plan.subject
     device = resolve_device(run_cfg.hardware.device)
     dist = distributed.from_env(device.type)
     if dist.enabled and device.type == "cuda":
@@ -132,13 +149,12 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
         device_facts = device_pinning.check_current_job(device.type)
     except device_pinning.SharedDeviceError as e:
         raise ConfigError(str(e)) from None
-    store = ResultStore(run_cfg.store.url)
+    store = open_store(run_cfg.store.url)
     digest = config_hash(cfg)
     # Rank 0 decides for all ranks, so none waits in a collective the others skipped.
     done = dist.broadcast(None if run_cfg.rerun else store.find_completed(digest))
     if done:
-        log.info("skip %s × %s: done as run %s (rerun=true measures again)", run_cfg.model.name,
-                 run_cfg.technique.name, done[:8])
+        log.info("skip %s: done as run %s (rerun=true measures again)", subject.label, done[:8])
         return store.get(done)
 
     if run_cfg.hardware.threads:
@@ -148,8 +164,8 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
     started = time.perf_counter()
     status, error, result = Status.OK, None, ScenarioResult([])
     try:
-        result = scenario_runner(run_cfg.scenario.name)(run_cfg, RunContext(run_id, device, dist))
-    except techniques.UnsupportedTechnique as e:
+        result = plan.scenario.run(subject, RunContext(run_id, device, dist))
+    except UnsupportedTechnique as e:
         status, error = Status.SKIPPED, str(e)
     except Exception as e:  # noqa: BLE001 - any crash is data: store it, keep the sweep going
         status, error = Status.FAILED, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
@@ -162,8 +178,8 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
         id=run_id,
         created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         status=status,
-        axis=techniques.get_technique(run_cfg.technique.method).axis,
-        scenario=run_cfg.scenario.name,
+        axis=subject.technique.axis,
+        scenario=plan.scenario.name,
         model=result.model_name or run_cfg.model.name,
         technique=run_cfg.technique.name,
         config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
@@ -177,6 +193,8 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
         tags=list(run_cfg.tags),
         sweep_id=sweep_id,
         duration_s=time.perf_counter() - started,
+        warnings=list(result.warnings),
+        provenance=dict(result.provenance),
     )
     if not dist.is_main:
         return record  # one record per run, written by rank 0
@@ -189,6 +207,8 @@ def execute(cfg: DictConfig, sweep_id: str | None = None) -> RunRecord:
         store.write(record)
     if status is Status.OK:
         log.info("stored run %s (%s × %s) in %.1f s", record.id[:8], record.model, record.technique, record.duration_s)
+        for warning in record.warnings:
+            log.warning("run %s: %s", record.id[:8], warning)
     else:
         log.warning("stored %s run %s (%s × %s): %s", status.value, record.id[:8], record.model, record.technique,
                     error.splitlines()[0])

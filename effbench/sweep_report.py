@@ -61,14 +61,14 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from effbench.hydra_app import RUN_ID_FILE
         from effbench.report import print_comparison
-        from effbench.store import ResultStore
+        from effbench.store import open_store
 
         if self.bar is not None:
             self.bar.close()
         ids = [p.read_text().strip() for p in sorted(Path(config.hydra.sweep.dir).glob(f"*/{RUN_ID_FILE}"),
                                                       key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)]
         if ids:
-            store = ResultStore(config.store.url, read_only=True)
+            store = open_store(config.store.url, read_only=True)
             records = [store.get(i) for i in ids]
             print_comparison(records)
             if warning := size_fairness_warning(records):

@@ -14,8 +14,7 @@ from sqlalchemy.engine import make_url
 from effbench.metrics.catalog import CATALOG
 from effbench.metrics.record import RunRecord, Source
 from effbench.report import fmt
-from effbench.store import ResultStore
-from effbench.store.store import default_url
+from effbench.store import Store, default_url
 from leaderboard import queries
 from leaderboard.queries import FIRST_SWEEP, Filters
 
@@ -44,7 +43,7 @@ class Snapshot(NamedTuple):
 
 
 @st.cache_resource(show_spinner=False)
-def _store(url: str) -> ResultStore:
+def _store(url: str) -> Store:
     return queries.open_store(url)  # an exception is not cached: the next visit tries again
 
 

@@ -18,115 +18,90 @@ trains its slice of each global batch (DDP); rank 0 writes the record.
 
 from __future__ import annotations
 
-import math
-import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
-import torch
-from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from effbench.errors import ConfigError
+from runners.base import ScenarioResult, ScenarioSpec, at_least, register_scenario
 
-from effbench.artifacts import save_artifact
-from effbench.config.schema import FinetuneScenario, RunConfig
-from effbench.data.sft import IGNORE_INDEX, Encoded, encode, load_sft, pack
-from effbench.distributed import Distributed
-from effbench.hardware import synchronize
-from effbench.metrics.catalog import make_metric
-from effbench.metrics.record import Metric, Source
-from effbench.models import load_model, parameter_counts
-from effbench.techniques import get_technique
-from effbench.techniques.peft_common import AXIS, trainable_parameters
-from runners.base import RunContext, ScenarioResult
-from runners.training import (StepPlan, StepWork, autocast_for, count_step_flops, make_train_step, measured_training,
-                              use_bf16)
+if TYPE_CHECKING:
+    from effbench.config.schema import RunConfig
+    from runners.base import RunContext, Subject
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def collate(rows: list[Encoded], pad_id: int, length: int | None = None) -> dict[str, torch.Tensor]:
-    """Right-padded batch: pad tokens have attention 0 and label -100."""
-    length = length or max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+@dataclass
+class FinetuneScenario:
+    """Fine-tune a base model on instruction/response examples (loss on response
+    tokens only) for a sample or step budget; the first warmup_steps are not measured.
+    Data: the run's `data` group (pydoc: instructions derived from the bundled docs,
+    see effbench.data.sft; local: a .jsonl of examples)."""
+
+    name: str = "finetune"
+    seq_len: int = 512  # tokens per row; longer examples are cut (an example whose prompt fills it is dropped)
+    packing: bool = False  # true: examples packed into full seq_len rows; false: one example per row, padded
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    sample_budget: int = 2048  # training rows, all ranks, warm-up included (rounded up to whole segments)
+    max_steps: Optional[int] = None  # a step budget instead (optimizer steps incl. warm-up); wins over sample_budget
+    warmup_steps: int = 3  # optimizer steps before the measured window
+    eval_every: int = 20  # optimizer steps per measured segment; held-out loss between segments
+    eval_samples: int = 64  # held-out examples evaluated between segments
+    final_eval_samples: int = 512  # held-out examples of the final quality.loss / perplexity
+    lr: float = 1e-3  # a technique's own lr (technique.lr) wins
+    lr_warmup_steps: int = 5  # of the cosine schedule
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto (bf16 autocast on a GPU that has it, else fp32) | fp32 | bf16
+    instruction_field: str = "instruction"  # data=local: the JSONL fields (Alpaca-style)
+    input_field: str = "input"
+    output_field: str = "output"
+    merge_adapter: bool = False  # merge the adapter into the base weights after training (timed: latency.merge_s)
+    save_artifact: bool = True  # the adapter (or the full / merged weights)
 
 
-class RowSampler:
-    """Global batches of rows: a seeded shuffle per epoch, identical on every
-    rank; each rank takes its contiguous slice of the global batch."""
-
-    def __init__(self, rows: list[Encoded], global_rows: int, seed: int, dist: Distributed, pad_id: int,
-                 seq_len: int):
-        if len(rows) < global_rows:
-            raise ValueError(f"{len(rows)} training rows, fewer than one global batch of {global_rows} "
-                             "(lower scenario.micro_batch_size, or more data)")
-        self.rows, self.global_rows, self.seed, self.dist = rows, global_rows, seed, dist
-        self.pad_id, self.seq_len = pad_id, seq_len
-        self.reset()
-
-    def reset(self) -> None:
-        self.gen = torch.Generator().manual_seed(self.seed)
-        self.order: list[int] = []
-        self.epochs = 0
-
-    def next(self) -> dict[str, torch.Tensor]:
-        if len(self.order) < self.global_rows:  # a new epoch; the incomplete tail of the last is dropped
-            self.order = torch.randperm(len(self.rows), generator=self.gen).tolist()
-            self.epochs += 1
-        batch, self.order = self.order[: self.global_rows], self.order[self.global_rows :]
-        per_rank = self.global_rows // self.dist.world_size
-        mine = batch[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
-        return collate([self.rows[i] for i in mine], self.pad_id, self.seq_len)
+def validate(cfg: RunConfig) -> None:
+    sc = cfg.scenario
+    at_least("scenario", sc, ("seq_len", "micro_batch_size", "grad_accum", "sample_budget", "max_steps",
+                              "eval_every", "eval_samples", "final_eval_samples"))
+    at_least("scenario", sc, ("warmup_steps", "lr_warmup_steps"), minimum=0)
+    if sc.precision not in PRECISIONS:
+        raise ConfigError(f"scenario.precision={sc.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if not sc.lr > 0:
+        raise ConfigError(f"scenario.lr={sc.lr} must be > 0")
 
 
-def spread(items: list, n: int) -> list:
-    """n evenly spaced items (all when n ≥ len): a deterministic subset over every document."""
-    return items if n >= len(items) else [items[i * len(items) // n] for i in range(n)]
+def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
+    import math
+    import time
 
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
 
-@torch.no_grad()
-def response_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, device: torch.device,
-                  batch_size: int = 16) -> tuple[float, list[float], int]:
-    """Mean NLL per response token over the examples (prompt tokens are not
-    scored). Returns (token-weighted mean, per-example means, scored tokens)."""
-    total, count, per_example = 0.0, 0, []
-    for i in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
-        scored = (labels != IGNORE_INDEX).sum(dim=1)
-        sums = nll.sum(dim=1)
-        per_example += (sums / scored.clamp(min=1)).tolist()
-        total += float(sums.sum())
-        count += int(scored.sum())
-    if count == 0:
-        raise ValueError("no held-out response tokens to score")
-    return total / count, per_example, count
+    from effbench.artifacts import save_artifact
+    from effbench.data.sft import encode, load_sft, pack
+    from effbench.hardware import synchronize
+    from effbench.metrics.catalog import make_metric
+    from effbench.metrics.record import Metric, Source
+    from effbench.models import load_model, parameter_counts
+    from effbench.techniques.peft_common import trainable_parameters
+    from runners.sft import RowSampler, response_loss, spread
+    from runners.training import (StepPlan, StepWork, autocast_for, count_step_flops, make_train_step,
+                                  measured_training, use_bf16)
 
-
-def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
-    sc: FinetuneScenario = cfg.scenario
+    sc: FinetuneScenario = subject.scenario
     device, dist = ctx.device, ctx.dist
-    technique = get_technique(cfg.technique.method)
-    if technique.axis != AXIS:
-        raise ValueError(f"scenario=finetune needs a fine-tuning technique (lora, rslora, dora, pissa, loraplus, "
-                         f"freeze, full); technique.method={cfg.technique.method!r} is on the {technique.axis} axis")
+    technique, tcfg, data_cfg = subject.technique, subject.technique_config, subject.data
     technique.check_device(device)
-    for key in ("seq_len", "micro_batch_size", "grad_accum", "eval_every", "eval_samples", "final_eval_samples"):
-        if getattr(sc, key) < 1:
-            raise ValueError(f"scenario.{key}={getattr(sc, key)} must be ≥ 1")
     bf16 = use_bf16(sc.precision, device)
     autocast = autocast_for(bf16, device)
 
-    loaded = load_model(technique.configure_model(cfg.model, cfg.technique), technique.load_dtype(cfg.technique))
+    loaded = load_model(subject.model, technique.load_dtype(tcfg))
     tok = loaded.tokenizer
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
-    data = load_sft(cfg.data.source, cfg.data.path, cfg.data.heldout_fraction, sc.instruction_field, sc.input_field,
+    data = load_sft(data_cfg.source, data_cfg.path, data_cfg.heldout_fraction, sc.instruction_field, sc.input_field,
                     sc.output_field)
     train, dropped = encode(data.train, tok, sc.seq_len)
     heldout, heldout_dropped = encode(data.heldout, tok, sc.seq_len)
@@ -137,11 +112,11 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     data_how = (f"{data.describe()}; {dropped} train / {heldout_dropped} held-out examples dropped (prompt ≥ "
                 f"seq_len {sc.seq_len})")
 
-    model = technique.apply(loaded.model, cfg.technique, device).train()
+    model = technique.apply(loaded.model, tcfg, device).train()
     params = parameter_counts(model)
     trainable = trainable_parameters(model)
     if dist.is_main:
-        tqdm.write(f"{loaded.name} × {cfg.technique.name}: {trainable:,} of {params['total']:,} parameters trained; "
+        tqdm.write(f"{loaded.name} × {tcfg.name}: {trainable:,} of {params['total']:,} parameters trained; "
                    f"{data_how}")
 
     def evaluate_on(examples: list[Encoded]) -> tuple[float, list[float], int]:
@@ -157,11 +132,11 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     global_rows = sc.micro_batch_size * sc.grad_accum * dist.world_size
     budget = sc.max_steps if sc.max_steps is not None else math.ceil(sc.sample_budget / global_rows)
     plan = StepPlan.for_budget(budget, sc.warmup_steps, sc.eval_every)
-    sampler = RowSampler(rows, global_rows, cfg.seed, dist, pad_id, sc.seq_len)
+    sampler = RowSampler(rows, global_rows, subject.seed, dist, pad_id, sc.seq_len)
 
-    lr = cfg.technique.lr if getattr(cfg.technique, "lr", None) is not None else sc.lr
+    lr = tcfg.lr if getattr(tcfg, "lr", None) is not None else sc.lr
     if technique.optimizer is not None:
-        optimizer = technique.optimizer(model, cfg.technique, lr, sc.weight_decay)
+        optimizer = technique.optimizer(model, tcfg, lr, sc.weight_decay)
     else:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                       weight_decay=sc.weight_decay)
@@ -186,7 +161,7 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
                                   "(full fine-tuning: 6·N)",
                     compute_dtype=torch.bfloat16 if bf16 else torch.float32)
     trained = measured_training(train_step, lambda: evaluate_on(eval_set)[0], plan, work, device, dist,
-                                f"{loaded.name} × {cfg.technique.name}")
+                                f"{loaded.name} × {tcfg.name}")
 
     extra: list[Metric] = []
     if sc.merge_adapter and hasattr(model, "merge_and_unload"):
@@ -211,6 +186,9 @@ def run(cfg: RunConfig, ctx: RunContext) -> ScenarioResult:
     ]
     artifact = None
     if sc.save_artifact and dist.is_main:
-        export = technique.export(model, cfg.technique) if technique.export is not None else model
+        export = technique.export(model, tcfg) if technique.export is not None else model
         artifact = save_artifact(export, tok, ctx.run_id)
     return ScenarioResult(metrics, artifact=artifact, model_name=loaded.name)
+
+
+SPEC = register_scenario(ScenarioSpec("finetune", FinetuneScenario, validate, run, axes=("finetuning",)))

@@ -36,13 +36,29 @@ from tqdm.auto import tqdm
 from effbench.distributed import Distributed
 from effbench.hardware import synchronize
 from effbench.metrics.catalog import from_samples, make_metric
-from effbench.metrics.compute import ComputeTracker, count_flops
-from effbench.metrics.energy import energy_tracker
-from effbench.metrics.memory import memory_tracker
+from effbench.metrics.flops import count_flops
 from effbench.metrics.record import Metric, Source
-from effbench.metrics.window import MeasuredWindow
+from effbench.metrics.trackers import standard_window
 
 Batch = dict[str, torch.Tensor]
+
+
+class BatchSampler:
+    """Global batches of random real-text windows, identical on every rank (same
+    seed); each rank takes its contiguous slice, so N ranks see exactly the
+    batch one process would."""
+
+    def __init__(self, ids: torch.Tensor, seq_len: int, global_rows: int, seed: int, dist: Distributed):
+        if len(ids) <= seq_len + 1:
+            raise ValueError(f"training text has {len(ids)} tokens; scenario.seq_len={seq_len} needs more")
+        self.ids, self.seq_len, self.rows, self.dist = ids, seq_len, global_rows, dist
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def next(self) -> torch.Tensor:
+        starts = torch.randint(0, len(self.ids) - self.seq_len, (self.rows,), generator=self.gen)
+        batch = torch.stack([self.ids[s : s + self.seq_len] for s in starts.tolist()])
+        per_rank = self.rows // self.dist.world_size
+        return batch[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -211,14 +227,9 @@ def measured_training(train_step: Callable[[], float], evaluate: Callable[[], fl
         losses.append(dist.mean(train_step()))
         bar.update()
 
-    tokens_per_window = work.tokens * plan.eval_every
-    trackers = [
-        energy_tracker(device, tokens_per_window=tokens_per_window),
-        memory_tracker(device),
-        ComputeTracker(device, work.compute_dtype, work.flops * plan.eval_every, work.flops_analytic * plan.eval_every,
-                       work.analytic_rule),
-    ]
-    window = MeasuredWindow(trackers, device)
+    window = standard_window(device, work.compute_dtype, tokens_per_window=work.tokens * plan.eval_every,
+                             flops_per_window=work.flops * plan.eval_every,
+                             flops_analytic=work.flops_analytic * plan.eval_every, analytic_rule=work.analytic_rule)
     step_s, eval_losses = [], []
     for _ in range(plan.segments):
         with window.measure():

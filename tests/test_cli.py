@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from effbench.metrics.record import Source, Status
-from effbench.store import ResultStore
+from effbench.store import open_store
 
 FAST = ["scenario.prompt_tokens=32", "scenario.output_tokens=8", "scenario.repeats=2", "scenario.warmup=1",
         "scenario.eval_max_tokens=2048", "scenario.eval_context=128", "model.hidden_size=64", "model.num_layers=2",
@@ -27,7 +27,7 @@ def effbench(*args, cwd, check=True):
 
 @pytest.fixture
 def store(tmp_path):
-    return lambda: ResultStore(f"sqlite:///{tmp_path}/store.db")
+    return lambda: open_store(f"sqlite:///{tmp_path}/store.db")
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, override, expected):
     assert out.returncode == 2, out.stderr
     for text in expected:
         assert text in out.stderr
-    assert not (tmp_path / "store.db").exists() or not ResultStore(f"sqlite:///{tmp_path}/store.db").runs()
+    assert not (tmp_path / "store.db").exists() or not open_store(f"sqlite:///{tmp_path}/store.db").runs()
 
 
 @pytest.mark.slow

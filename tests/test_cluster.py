@@ -29,8 +29,9 @@ from effbench.device_pinning import (
     plan_slots,
 )
 from effbench.metrics.record import Status
-from effbench.store import JsonDirStore, RecordError, ResultStore
-from effbench.store.jsondir import read_records
+from effbench.store import RecordError, open_store
+from effbench.store.jsondir import JsonDirStore
+from effbench.store.records_io import read_records
 
 PG_URL = os.environ.get("EFFBENCH_TEST_PG_URL")
 # tests/test_cli.py's FAST, minus repeats (swept here), one thread per job.
@@ -70,7 +71,7 @@ def assert_whole_sweep(runs, repeats=(2, 3, 4, 5)) -> None:
 
 def test_json_dir_store_round_trip_resume_and_atomic_files(tmp_path):
     url = f"json://{tmp_path}/records"
-    store = ResultStore(url)  # the json:// scheme opens a JsonDirStore
+    store = open_store(url)  # the json:// scheme opens a JsonDirStore
     assert isinstance(store, JsonDirStore)
     a, b = make_record(config_hash="aaaa" * 16), make_record(config_hash="bbbb" * 16, status="failed", metrics=[])
     store.write(a)
@@ -85,13 +86,13 @@ def test_json_dir_store_round_trip_resume_and_atomic_files(tmp_path):
         store.write(a)
     # A write in progress (or killed mid-write) is a hidden temporary file: never read as a record.
     (tmp_path / "records" / f".{uuid.uuid4().hex}.tmp.partial").write_text('[{"id": "half')
-    assert len(read_records(tmp_path / "records")) == 2
+    assert len(read_records(tmp_path / "records").records) == 2
     files = sorted(p.name for p in (tmp_path / "records").glob("*.json"))
     assert files == sorted([f"{'aaaa' * 4}-{a.id}.json", f"{'bbbb' * 4}-{b.id}.json"])
     # Each file is itself an importable export (a list of one record).
     assert json.loads((tmp_path / "records" / files[0]).read_text())[0]["id"] in (a.id, b.id)
     with pytest.raises(PermissionError):
-        ResultStore(url, read_only=True).write(make_record())
+        open_store(url, read_only=True).write(make_record())
 
 
 def test_json_import_is_idempotent_and_rejects_malformed_records_naming_the_field(tmp_path):
@@ -100,9 +101,9 @@ def test_json_import_is_idempotent_and_rejects_malformed_records_naming_the_fiel
     written = [make_record(config_hash=f"{i:064x}") for i in range(3)]
     for r in written:
         jd.write(r)
-    db = ResultStore(f"sqlite:///{tmp_path}/store.db")
-    assert db.import_json(records) == (3, 0)
-    assert db.import_json(records) == (0, 3)  # re-import adds nothing
+    db = open_store(f"sqlite:///{tmp_path}/store.db")
+    assert db.import_records(read_records(records).records) == (3, 0)
+    assert db.import_records(read_records(records).records) == (0, 3)  # re-import adds nothing
     assert sorted(r.id for r in db.runs()) == sorted(r.id for r in written)
     assert db.get(written[0].id).to_dict() == written[0].to_dict()
 
@@ -114,11 +115,11 @@ def test_json_import_is_idempotent_and_rejects_malformed_records_naming_the_fiel
     jd.write(extra)
     before = len(db.runs())
     with pytest.raises(RecordError, match=r"field 'metrics\[1\]\.value' must be a number") as e:
-        db.import_json(records)
+        db.import_records(read_records(records).records)
     assert bad["id"] in str(e.value)  # the file's name
     assert len(db.runs()) == before  # nothing written
     out = run_effbench("import", str(records), cwd=tmp_path, db=f"sqlite:///{tmp_path}/store.db", check=False)
-    assert out.returncode == 1 and "metrics[1].value" in out.stderr and "nothing was imported" in out.stderr
+    assert out.returncode == 2 and "metrics[1].value" in out.stderr and "nothing was imported" in out.stderr
 
 
 # --- real sweeps: submitit's local launcher, 4 jobs at once -------------------------------------------------------
@@ -128,7 +129,7 @@ def test_json_import_is_idempotent_and_rejects_malformed_records_naming_the_fiel
 def test_four_job_local_sweep_into_sqlite_loses_and_duplicates_nothing(tmp_path):
     url = f"sqlite:///{tmp_path}/store.db"
     out = run_effbench("run", *SWEEP, cwd=tmp_path, db=url)
-    assert_whole_sweep(ResultStore(url).runs())
+    assert_whole_sweep(open_store(url).runs())
     assert "effbench results" in out.stdout  # the sweep report read the store after the jobs
     # Each job ran in its own process (submitit), not in the launching one.
     assert len(list((tmp_path / "results" / "hydra" / "sweeps").glob("*/.submitit/*/*_result.pkl"))) == 4
@@ -153,7 +154,7 @@ def pg_database():
 def test_four_job_local_sweep_into_postgres_loses_and_duplicates_nothing(tmp_path, pg_database):
     # Four jobs open the fresh database at once: table creation is serialised, every run is stored once.
     run_effbench("run", *SWEEP, cwd=tmp_path, db=pg_database)
-    with ResultStore(pg_database, read_only=True) as store:
+    with open_store(pg_database, read_only=True) as store:
         assert_whole_sweep(store.runs())
 
 
@@ -196,7 +197,7 @@ def test_json_dir_sweep_with_a_killed_job_then_import_and_resume(tmp_path):
     assert proc.returncode != 0  # the multirun reports the lost job
 
     # The others' records are whole; the killed one is absent (never half-written).
-    runs = read_records(records)
+    runs = read_records(records).records
     assert sorted(r.config["scenario"]["repeats"] for r in runs) == [2, 3, 4]
     assert all(r.status is Status.OK for r in runs)
     assert not any(p.name.endswith(".partial") for p in records.iterdir())
@@ -206,8 +207,8 @@ def test_json_dir_sweep_with_a_killed_job_then_import_and_resume(tmp_path):
     # Import afterwards, idempotently.
     db = f"sqlite:///{tmp_path}/store.db"
     assert "imported 3 runs" in run_effbench("import", str(records), cwd=tmp_path, db=db).stdout
-    assert ResultStore(db).import_json(records) == (0, 3)  # again: adds nothing
-    assert sorted(r.id for r in ResultStore(db).runs()) == sorted(r.id for r in runs)
+    assert open_store(db).import_records(read_records(records).records) == (0, 3)  # again: adds nothing
+    assert sorted(r.id for r in open_store(db).runs()) == sorted(r.id for r in runs)
 
     # Resume: a completed pair in the JSON directory is skipped, nothing new is written.
     from hydra import compose, initialize_config_dir

@@ -17,9 +17,9 @@ from effbench.execute import ConfigError, execute
 from effbench.hydra_app import CONFIG_DIR
 from effbench.metrics.record import Status
 from effbench.models import load_model
-from effbench.store import ResultStore
+from effbench.store import open_store
 from effbench.techniques import get_technique
-from runners.finetune import response_loss, spread
+from runners.sft import response_loss, spread
 
 METHODS = ["lora", "rslora", "dora", "pissa", "loraplus", "qlora", "freeze", "full"]
 PRETRAIN = ["scenario=pretrain", "model=tiny", "model.hidden_size=64", "model.num_layers=2",
@@ -230,7 +230,7 @@ def test_lora_peak_memory_is_below_full_finetuning(tmp_path):
         out = subprocess.run([sys.executable, "-m", "effbench.cli", "run", *common, f"technique={method}",
                               f"tags=[{method}]"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
-    store = ResultStore(f"sqlite:///{tmp_path}/s.db")
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
     lora, full = store.runs(tag="lora")[0], store.runs(tag="full")[0]
     assert lora.status is Status.OK and full.status is Status.OK, (lora.error, full.error)
     n_full = full.metric("model.trainable_parameters").value
@@ -255,7 +255,7 @@ def test_wrong_target_module_fails_at_config_time_listing_the_modules(tmp_path):
         execute(cfg)
     with pytest.raises(ConfigError, match="top_layers=9: the model has 4 layers"):
         execute(compose_cfg(db, "scenario=finetune", "model=tiny", "technique=freeze", "technique.top_layers=9"))
-    assert not (tmp_path / "s.db").exists() or ResultStore(db).runs() == []
+    assert not (tmp_path / "s.db").exists() or open_store(db).runs() == []
 
 
 def test_sft_data_is_deterministic_real_and_split_by_topic(tmp_path):

@@ -29,7 +29,7 @@ from effbench.gate import (
 )
 from effbench.gate.stats import bootstrap_ratio_interval, mann_whitney_greater, min_attainable_p
 from effbench.metrics.record import Source
-from effbench.store import ResultStore
+from effbench.store import open_store
 
 # --- statistics -------------------------------------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ def stored_run(tag, *, slow=1.0, mem=1.0, n=5, seed=0, estimated_energy=True, ha
 @pytest.fixture
 def db(tmp_path):
     url = f"sqlite:///{tmp_path}/store.db"
-    with ResultStore(url) as store:
+    with open_store(url) as store:
         yield url, store
 
 
@@ -270,7 +270,7 @@ def test_selectors_commit_file_and_failed_candidates(db, tmp_path):
     failed = make_record(status="failed", error="RuntimeError: CUDA out of memory", metrics=[], tags=["broken"],
                          hardware={"label": "CPU test"})
     store.write(failed)
-    result = run_gate("tag:broken", "tag:main", default_gate(), lambda: ResultStore(url, read_only=True))
+    result = run_gate("tag:broken", "tag:main", default_gate(), lambda: open_store(url, read_only=True))
     assert result.exit_code() == 1 and "out of memory" in result.regressions[0].detail
 
 
@@ -286,7 +286,7 @@ def test_usage_errors_exit_2(db, tmp_path, capsys):
     other = make_record(model="other-model", tags=["other"])
     store.write(other)
     with pytest.raises(GateUsageError, match="no pair is in both"):
-        run_gate("tag:other", "tag:main", default_gate(), lambda: ResultStore(url, read_only=True))
+        run_gate("tag:other", "tag:main", default_gate(), lambda: open_store(url, read_only=True))
 
 
 def test_gate_exit_code_from_the_real_command(db, tmp_path):

@@ -20,7 +20,7 @@ from effbench.execute import execute
 from effbench.hydra_app import CONFIG_DIR
 from effbench.metrics.record import Status
 from effbench.report import fmt
-from effbench.store import ResultStore
+from effbench.store import open_store
 from leaderboard import queries, ranking
 from leaderboard.queries import Filters
 
@@ -53,7 +53,7 @@ def tiny_store(tmp_path_factory) -> dict:
                 with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
                     cfg = compose("config", overrides=[*overrides, f"store.url={url}", "tags=[lbtest]"])
                 execute(cfg)
-        runs = ResultStore(url, read_only=True).runs()
+        runs = open_store(url, read_only=True).runs()
         _built.update(url=url, path=root / "store.db", runs=runs,
                       ok={r.technique: r for r in runs if r.status is Status.OK},
                       failed=next(r for r in runs if r.status is Status.FAILED))
@@ -77,7 +77,7 @@ def backend(request, lb):
     with admin.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))  # a name made here, not input
     url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-    with ResultStore(url) as store:
+    with open_store(url) as store:
         for run in lb["runs"]:
             store.write(run)
     yield url
@@ -345,7 +345,7 @@ def test_compare_marks_noise_and_config_differences(lb, monkeypatch):
 
 def test_empty_store_teaches_the_first_sweep(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/empty.db"
-    ResultStore(url).close()  # tables, no runs
+    open_store(url).migrate()  # tables, no runs
     for page in (None, "views/explorer.py", "views/run.py", "views/compare.py"):
         at = app(url, monkeypatch, page)
         assert not at.exception
@@ -360,5 +360,5 @@ def test_missing_or_corrupt_store_gives_a_clear_page(tmp_path, monkeypatch, cont
     at = app(f"sqlite:///{path}", monkeypatch)
     assert not at.exception
     assert "cannot be opened" in texts(at)
-    reason = {None: "no results store at", b"": "no such table"}.get(content, "file is not a database")
+    reason = {None: "no results store at", b"": "no `runs` table"}.get(content, "file is not a database")
     assert reason in texts(at)

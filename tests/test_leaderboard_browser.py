@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from effbench.report import fmt
-from effbench.store import ResultStore
+from effbench.store import open_store
 from test_leaderboard import INJECTION, tiny_store
 
 CHROMIUM = "/usr/bin/chromium"
@@ -110,7 +110,7 @@ def test_overview_shows_the_stored_ranks(server, page):
 
 
 def test_explorer_filters_exports_and_resists_injection(server, page):
-    store = ResultStore(server["url"], read_only=True)
+    store = open_store(server["url"], read_only=True)
     before = len(store.runs())
     _open(page, f"{server['base']}/explorer", "[data-testid=stDataFrame]")
     _matching(page, f"{before} runs match")

@@ -15,7 +15,7 @@ from effbench.hydra_app import CONFIG_DIR
 from effbench.metrics.quality import heldout_loss
 from effbench.metrics.record import Status
 from effbench.models import load_model, parameter_counts
-from effbench.store import ResultStore
+from effbench.store import open_store
 
 TINY = ["scenario=pretrain", "model=tiny", "model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=172",
         "hardware.device=cpu", "scenario.token_budget=8192", "scenario.seq_len=64", "scenario.eval_every=5",
@@ -101,7 +101,7 @@ def test_crash_mid_training_stores_failed_and_no_complete_artifact(env, monkeypa
     monkeypatch.setattr(torch.optim.AdamW, "step", flaky)
     r = run(env, "scenario.micro_batch_size=4")
     assert r.status is Status.FAILED and "simulated crash at step 7" in r.error
-    assert ResultStore(f"sqlite:///{env}/s.db").get(r.id).status is Status.FAILED
+    assert open_store(f"sqlite:///{env}/s.db").get(r.id).status is Status.FAILED
     assert not (env / "artifacts" / r.id).exists()
 
 
@@ -130,7 +130,7 @@ def test_a_run_id_the_command_line_reads_as_a_number_is_refused_with_the_fix(typ
 def test_invalid_combination_fails_at_config_time(env):
     with pytest.raises(ConfigError, match="num_kv_heads=3 must divide model.num_heads=4"):
         run(env, "technique=gqa", "model.num_heads=4", "technique.options.num_kv_heads=3")
-    assert not (env / "s.db").exists() or ResultStore(f"sqlite:///{env}/s.db").runs() == []
+    assert not (env / "s.db").exists() or open_store(f"sqlite:///{env}/s.db").runs() == []
 
 
 @pytest.mark.parametrize(("preset", "qwen_non_embedding"), [("qwen2.5-0.5b-like", 0.36e9),
@@ -167,7 +167,7 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(env):
 
     cli("scenario.micro_batch_size=4", "tags=[single]")
     cli("scenario.micro_batch_size=2", "tags=[ddp]", torchrun=True)
-    store = ResultStore(f"sqlite:///{env}/s.db")
+    store = open_store(f"sqlite:///{env}/s.db")
     single, ddp = store.runs(tag="single"), store.runs(tag="ddp")
     assert len(single) == 1 and len(ddp) == 1  # rank 0 alone writes
     single, ddp = single[0], ddp[0]

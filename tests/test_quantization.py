@@ -19,14 +19,16 @@ from omegaconf import OmegaConf
 
 from effbench.config.schema import ArtifactModelConfig
 from effbench.data import load_corpus
-from effbench.execute import execute
+from effbench.execute import execute, prepare
 from effbench.hydra_app import CONFIG_DIR
 from effbench.metrics.compression import serialized_size_at, serialized_size_bytes
-from effbench.metrics.mcr import baseline_quality, mcr_metrics
+from effbench.metrics.mcr import mcr_metrics
 from effbench.metrics.record import Status
 from effbench.models import load_model
-from effbench.store import ResultStore
+from effbench.store import open_store
 from effbench.techniques import UnsupportedTechnique, get_technique
+from runners.baseline import baseline_quality
+from runners.generation import heldout_ids
 
 CPU = torch.device("cpu")
 TRAIN = ["scenario=pretrain", "model=tiny", "model.hidden_size=256", "model.num_layers=2", "model.num_heads=4",
@@ -228,7 +230,7 @@ def test_mcr_from_stored_rows_matches_a_hand_computation(trained):
     base = _infer(trained, "fp32", url)
     quant = _infer(trained, "quanto-qint4", url)
     assert base.status is Status.OK and quant.status is Status.OK, (base.error, quant.error)
-    stored = {r.technique: r for r in ResultStore(url).runs()}
+    stored = {r.technique: r for r in open_store(url).runs()}
     b, q = stored["fp32"], stored["quanto-qint4"]
     value = lambda r, k: r.metric(k).value  # noqa: E731
     assert value(b, "compression.mcr") == pytest.approx(1.0)
@@ -238,15 +240,15 @@ def test_mcr_from_stored_rows_matches_a_hand_computation(trained):
     assert value(q, "compression.ratio") > 4
 
     # No fp32 run in a store: the baseline perplexity is measured in-process on the
-    # model before the technique is applied, on the same held-out tokens.
-    cfg = OmegaConf.to_object(compose_cfg(["model=artifact", f"model.run_id={trained.run_id}",
-                                           f"model.store_url={trained.url}", "technique=quanto-qint4",
-                                           f"store.url=sqlite:///{trained.dir}/empty.db", *FAST]))
-    ResultStore(cfg.store.url).close()  # an empty store
-    baseline = baseline_quality(cfg, trained.fp32, trained.tok, CPU, torch.float32)
-    assert baseline.run_id is None and "in-process" in baseline.note
+    # model loaded afresh at fp32, on the same held-out tokens.
+    subject = prepare(compose_cfg(["model=artifact", f"model.run_id={trained.run_id}",
+                                   f"model.store_url={trained.url}", "technique=quanto-qint4",
+                                   f"store.url=sqlite:///{trained.dir}/empty.db", *FAST])).subject
+    heldout = heldout_ids(subject, trained.tok)
+    baseline = baseline_quality(subject, CPU, "float32", heldout)
+    assert "in-process" in baseline.note
     assert baseline.perplexity == pytest.approx(value(b, "quality.perplexity"), rel=1e-6)
-    [mcr] = mcr_metrics(baseline, 4.0, q.metrics)
+    [mcr] = mcr_metrics(baseline.perplexity, baseline.note, 4.0, q.metrics)
     assert mcr.value == pytest.approx(4.0 * baseline.perplexity / value(q, "quality.perplexity"))
 
 
@@ -257,7 +259,7 @@ def test_gpu_only_technique_is_stored_skipped_on_cpu(tmp_path, technique, packag
 
     url = f"sqlite:///{tmp_path}/skip.db"
     r = execute(compose_cfg([f"technique={technique}", f"store.url={url}", *FAST]))
-    stored = ResultStore(url).get(r.id)
+    stored = open_store(url).get(r.id)
     assert stored.status is Status.SKIPPED and stored.metrics == []
     assert "needs a CUDA GPU" in stored.error and "device is cpu" in stored.error
     if package and importlib.util.find_spec(package) is None:  # and what to install for the GPU machine

@@ -20,8 +20,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from effbench.metrics.record import Source, Status, Summary
-from effbench.store import RecordError, ResultStore, default_url
+from effbench.store import RecordError, StoreError, StoreMissing, default_url, open_store
 from effbench.store.schema import MetricRow, RunRow
+from effbench.store.records_io import read_records
+from effbench.store.sql import SqlStore
 
 PG_URL = os.environ.get("EFFBENCH_TEST_PG_URL")
 
@@ -52,19 +54,25 @@ def new_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable
 
 
 @pytest.fixture
-def store(new_url: Callable[[], str]) -> Iterator[ResultStore]:
-    with ResultStore(new_url()) as s:
+def store(new_url: Callable[[], str]) -> Iterator[SqlStore]:
+    with open_store(new_url()) as s:
         yield s
 
 
-def counts(store: ResultStore) -> tuple[int, int]:
+def import_json(store: SqlStore, path: Path) -> tuple[int, int]:
+    return store.import_records(read_records(path).records)
+
+
+def counts(store: SqlStore) -> tuple[int, int]:
+    if store.schema_revision() is None:  # created on the first write
+        return 0, 0
     with store.engine.connect() as conn:
         runs = conn.scalar(select(func.count()).select_from(RunRow))
         metrics = conn.scalar(select(func.count()).select_from(MetricRow))
     return runs, metrics
 
 
-def test_round_trip_keeps_samples_and_summary(store: ResultStore) -> None:
+def test_round_trip_keeps_samples_and_summary(store: SqlStore) -> None:
     record = make_record(sweep_id="sweep-1", tags=["smoke", "nightly"], config={"nested": {"x": [1, 2.5, None]}})
     store.write(record)
 
@@ -80,7 +88,7 @@ def test_round_trip_keeps_samples_and_summary(store: ResultStore) -> None:
         assert stored == (s.n, s.median, s.mean, s.p90, s.p99, s.std, s.ci95_low, s.ci95_high)
 
 
-def test_get_by_unique_prefix(store: ResultStore) -> None:
+def test_get_by_unique_prefix(store: SqlStore) -> None:
     for run_id in ("abc1", "abc2", "abd1"):
         store.write(make_record(id=run_id))
     assert store.get("abd").id == "abd1"
@@ -93,7 +101,7 @@ def test_get_by_unique_prefix(store: ResultStore) -> None:
         store.get("a%")  # a LIKE wildcard is matched literally
 
 
-def test_failure_mid_write_leaves_no_rows(store: ResultStore) -> None:
+def test_failure_mid_write_leaves_no_rows(store: SqlStore) -> None:
     def fail_on_metrics(conn, cursor, statement, *args) -> None:
         if statement.startswith("INSERT INTO metrics"):
             raise RuntimeError("disk full")
@@ -110,7 +118,7 @@ def test_failure_mid_write_leaves_no_rows(store: ResultStore) -> None:
     assert counts(store) == (1, 3)
 
 
-def test_duplicate_metric_or_run_is_refused_whole(store: ResultStore) -> None:
+def test_duplicate_metric_or_run_is_refused_whole(store: SqlStore) -> None:
     with pytest.raises(RecordError, match=r"metrics\[1\]\.name.*repeats 'latency_ms'"):
         store.write(make_record(metrics=[make_metric(), make_metric()]))
     assert counts(store) == (0, 0)
@@ -131,7 +139,7 @@ def test_duplicate_metric_or_run_is_refused_whole(store: ResultStore) -> None:
         ({"duration_s": math.nan}, "duration_s"),
     ],
 )
-def test_non_finite_numbers_are_rejected(store: ResultStore, overrides: dict, field: str) -> None:
+def test_non_finite_numbers_are_rejected(store: SqlStore, overrides: dict, field: str) -> None:
     with pytest.raises(RecordError, match=re.escape(f"field '{field}' must be a finite number")):
         store.write(make_record(**overrides))
     assert counts(store) == (0, 0)
@@ -139,7 +147,7 @@ def test_non_finite_numbers_are_rejected(store: ResultStore, overrides: dict, fi
 
 def _write_runs(url: str, worker: int, n: int, barrier: multiprocessing.synchronize.Barrier) -> None:
     barrier.wait()  # open the fresh file at once: table creation races too
-    with ResultStore(url) as store:
+    with open_store(url) as store:
         for i in range(n):
             store.write(make_record(id=f"w{worker}-{i:02d}"))
 
@@ -155,14 +163,14 @@ def test_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
         p.join(timeout=120)
     assert [p.exitcode for p in workers] == [0, 0]
 
-    with ResultStore(url) as store:
+    with open_store(url) as store:
         assert counts(store) == (40, 120)
         assert {r.id for r in store.runs()} == {f"w{w}-{i:02d}" for w in range(2) for i in range(20)}
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
-def test_find_completed_returns_newest_ok_run(store: ResultStore) -> None:
+def test_find_completed_returns_newest_ok_run(store: SqlStore) -> None:
     old = make_record(id="old", config_hash="h1")
     new = make_record(id="new", config_hash="h1")
     failed = make_record(id="failed", config_hash="h1", status="failed", error="OOM", metrics=[])
@@ -174,7 +182,7 @@ def test_find_completed_returns_newest_ok_run(store: ResultStore) -> None:
     assert store.find_completed("nope") is None
 
 
-def test_filters_limit_and_order(store: ResultStore) -> None:
+def test_filters_limit_and_order(store: SqlStore) -> None:
     store.write(make_record(id="a", model="m1", technique="lora", tags=["x"], sweep_id="s1"))
     store.write(make_record(id="b", model="m1", technique="qlora", tags=["x", "y"], sweep_id="s1"))
     store.write(make_record(id="c", model="m2", scenario="prefill", status="failed", error="boom", tags=[]))
@@ -194,7 +202,7 @@ def test_filters_limit_and_order(store: ResultStore) -> None:
     assert store.runs(status="failed")[0].error == "boom"
 
 
-def test_injection_attempts_are_plain_values(store: ResultStore) -> None:
+def test_injection_attempts_are_plain_values(store: SqlStore) -> None:
     sly = "x' OR '1'='1"
     store.write(make_record(id="plain"))
     store.write(make_record(id="sly", model=sly, tags=[sly]))
@@ -213,17 +221,17 @@ def test_injection_attempts_are_plain_values(store: ResultStore) -> None:
 def test_read_only_store_refuses_writes(new_url: Callable[[], str], tmp_path: Path) -> None:
     url = new_url()
     record = make_record()
-    with ResultStore(url) as writer:
+    with open_store(url) as writer:
         writer.write(record)
 
-    with ResultStore(url, read_only=True) as reader:
+    with open_store(url, read_only=True) as reader:
         assert reader.get(record.id).to_dict() == record.to_dict()
         with pytest.raises(PermissionError, match="read-only"):
             reader.write(make_record())
         path = tmp_path / "export.json"
         reader.export(path, "json")
         with pytest.raises(PermissionError):
-            reader.import_json(path)
+            reader.import_records(read_records(path).records)
         # The database itself refuses, not just the Python API.
         with pytest.raises(DBAPIError), reader.engine.begin() as conn:
             conn.execute(text("DELETE FROM runs"))
@@ -231,12 +239,12 @@ def test_read_only_store_refuses_writes(new_url: Callable[[], str], tmp_path: Pa
 
 
 def test_read_only_sqlite_needs_an_existing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no results store"):
-        ResultStore(f"sqlite:///{tmp_path / 'missing.db'}", read_only=True)
+    with pytest.raises(StoreMissing, match="no results store"):
+        open_store(f"sqlite:///{tmp_path / 'missing.db'}", read_only=True)
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_deleting_a_run_cascades_to_its_metrics(store: ResultStore) -> None:
+def test_deleting_a_run_cascades_to_its_metrics(store: SqlStore) -> None:
     store.write(make_record(id="gone"))
     store.write(make_record(id="kept"))
     with store.engine.begin() as conn:
@@ -245,7 +253,7 @@ def test_deleting_a_run_cascades_to_its_metrics(store: ResultStore) -> None:
 
 
 def test_json_export_import_round_trips_and_is_idempotent(
-    store: ResultStore, new_url: Callable[[], str], tmp_path: Path
+    store: SqlStore, new_url: Callable[[], str], tmp_path: Path
 ) -> None:
     records = [
         make_record(sweep_id="s"),
@@ -257,16 +265,16 @@ def test_json_export_import_round_trips_and_is_idempotent(
     path = tmp_path / "out" / "runs.json"
     assert store.export(path, "json") == 3
 
-    with ResultStore(new_url()) as fresh:
-        assert fresh.import_json(path) == (3, 0)
-        assert fresh.import_json(path) == (0, 3)
+    with open_store(new_url()) as fresh:
+        assert import_json(fresh, path) == (3, 0)
+        assert import_json(fresh, path) == (0, 3)
         assert counts(fresh) == counts(store) == (3, 6)
         assert [r.to_dict() for r in fresh.runs()] == [r.to_dict() for r in store.runs()]
-    assert store.import_json(path) == (0, 3)
+    assert import_json(store, path) == (0, 3)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_tabular_exports_have_one_row_per_metric(store: ResultStore, tmp_path: Path, fmt: str) -> None:
+def test_tabular_exports_have_one_row_per_metric(store: SqlStore, tmp_path: Path, fmt: str) -> None:
     first, second = make_record(), make_record(metrics=[make_metric("energy_j", source=Source.ESTIMATED)])
     store.write(first)
     store.write(second)
@@ -287,7 +295,7 @@ def test_tabular_exports_have_one_row_per_metric(store: ResultStore, tmp_path: P
     assert latency["source"] == "timer"
 
 
-def test_metrics_frame_selects_runs(store: ResultStore) -> None:
+def test_metrics_frame_selects_runs(store: SqlStore) -> None:
     keep, drop = make_record(), make_record()
     store.write(keep)
     store.write(drop)
@@ -324,34 +332,34 @@ def _bad_source(d: dict) -> None:
     ],
 )
 def test_malformed_import_names_the_field_and_writes_nothing(
-    store: ResultStore, tmp_path: Path, corrupt: Callable[[dict], None], message: str
+    store: SqlStore, tmp_path: Path, corrupt: Callable[[dict], None], message: str
 ) -> None:
     data = [make_record().to_dict(), make_record().to_dict()]
     corrupt(data[1])
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
     with pytest.raises(RecordError) as info:
-        store.import_json(path)
+        import_json(store, path)
     assert str(info.value).startswith(message)
     assert counts(store) == (0, 0)
 
 
-def test_import_refuses_nan_repeated_ids_and_non_lists(store: ResultStore, tmp_path: Path) -> None:
+def test_import_refuses_nan_repeated_ids_and_non_lists(store: SqlStore, tmp_path: Path) -> None:
     path = tmp_path / "in.json"
     record = make_record().to_dict()
     record["metrics"][0]["samples"][0] = math.nan  # json.dumps writes NaN, json.loads reads it
     path.write_text(json.dumps([record]))
     with pytest.raises(RecordError, match=r"record 0: field 'metrics\[0\]\.samples\[0\]' must be a finite number"):
-        store.import_json(path)
+        import_json(store, path)
 
     twice = make_record().to_dict()
     path.write_text(json.dumps([twice, twice]))
     with pytest.raises(RecordError, match="record 1: field 'id' repeats"):
-        store.import_json(path)
+        import_json(store, path)
 
     path.write_text(json.dumps(twice))
     with pytest.raises(RecordError, match="expected a JSON list"):
-        store.import_json(path)
+        import_json(store, path)
     assert counts(store) == (0, 0)
 
 
@@ -361,11 +369,11 @@ def test_default_url_and_its_directory(tmp_path: Path, monkeypatch: pytest.Monke
     assert default_url() == "sqlite:///elsewhere/x.db"
     monkeypatch.delenv("EFFBENCH_DB_URL")
     assert default_url() == "sqlite:///results/effbench.db"
-    with ResultStore() as store:
+    with open_store() as store:
         store.write(make_record())
     assert (tmp_path / "results" / "effbench.db").is_file()
 
 
 def test_unsupported_backend_is_named() -> None:
-    with pytest.raises(ValueError, match="unsupported results database 'mysql'"):
-        ResultStore("mysql://u@h/db")
+    with pytest.raises(StoreError, match="unknown scheme 'mysql'; use .*sqlite:///results/effbench.db"):
+        open_store("mysql://u@h/db")

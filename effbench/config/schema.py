@@ -2,8 +2,9 @@
 the config, before any model loads.
 
 Groups whose options differ in shape (model sources, technique methods,
-scenarios) are typed `Any` at the top and each option pulls its own schema
-from the ConfigStore group `schema/<group>/<kind>` in its defaults list.
+scenarios, backends) are typed `Any` at the top and each option pulls its own
+schema from the ConfigStore group `schema/<group>/<kind>` in its defaults list;
+techniques, scenarios and backends register theirs through their registries.
 """
 
 from __future__ import annotations
@@ -78,108 +79,6 @@ class TechniqueConfig:
 
 
 @dataclass
-class InferenceScenario:
-    name: str = "inference"
-    batch_size: int = 1
-    prompt_tokens: int = 128
-    output_tokens: int = 64
-    warmup: int = 1
-    repeats: int = 5
-    eval_context: int = 256  # tokens per held-out perplexity chunk
-    eval_max_tokens: int = 16384  # held-out tokens evaluated (caps quality time)
-
-
-class LoadProfile(str, enum.Enum):
-    batch = "batch"  # batch_size requests at once, the next batch when it is done
-    concurrency = "concurrency"  # closed loop: each of `concurrency` clients resends when answered
-    poisson = "poisson"  # open loop: arrivals at rate λ with seeded exponential gaps
-
-
-class CacheImplementation(str, enum.Enum):
-    dynamic = "dynamic"  # transformers' default: the cache grows with each token
-    static = "static"  # preallocated to prompt + output length (pays off with torch.compile / CUDA graphs)
-
-
-@dataclass
-class SloConfig:
-    """Latency bounds a request must meet to count toward goodput; null = no bound."""
-
-    ttft_s: Optional[float] = None
-    tpot_s: Optional[float] = None
-    e2e_s: Optional[float] = None
-
-
-@dataclass
-class ServeScenario:
-    """Requests arriving under a load profile, served first come first served in
-    batches of up to max_batch_size; every request timed from its arrival."""
-
-    name: str = "serve"
-    profile: LoadProfile = LoadProfile.poisson
-    num_requests: int = 32  # per repeat
-    batch_size: int = 4  # profile=batch
-    concurrency: int = 4  # profile=concurrency
-    rate: float = 4.0  # profile=poisson: λ, requests per second
-    max_batch_size: int = 8  # largest batch the server forms from waiting requests (profile=batch: batch_size)
-    prompt_tokens: int = 64
-    output_tokens: int = 32
-    cache_implementation: CacheImplementation = CacheImplementation.dynamic
-    warmup: int = 1  # generate() calls at max batch before the first repeat
-    repeats: int = 3  # whole load runs; each gives one sample of the serve.* rates
-    slo: SloConfig = field(default_factory=SloConfig)
-
-
-@dataclass
-class PretrainScenario:
-    """Train from scratch for a token budget; the first warmup_steps are not measured."""
-
-    name: str = "pretrain"
-    seq_len: int = 128
-    micro_batch_size: int = 8
-    grad_accum: int = 1
-    token_budget: int = 262_144  # training tokens, all ranks, warm-up included (rounded up to whole segments)
-    warmup_steps: int = 3  # optimizer steps before the measured window
-    eval_every: int = 25  # optimizer steps per measured segment; held-out loss between segments
-    eval_tokens: int = 8192
-    lr: float = 3e-3
-    lr_warmup_steps: int = 10  # of the cosine schedule
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    precision: str = "auto"  # auto (bf16 autocast on a GPU that has it, else fp32) | fp32 | bf16
-    save_artifact: bool = True
-
-
-@dataclass
-class FinetuneScenario:
-    """Fine-tune a base model on instruction/response examples (loss on response
-    tokens only) for a sample or step budget; the first warmup_steps are not measured.
-    Data: the run's `data` group (pydoc: instructions derived from the bundled docs,
-    see effbench.data.sft; local: a .jsonl of examples)."""
-
-    name: str = "finetune"
-    seq_len: int = 512  # tokens per row; longer examples are cut (an example whose prompt fills it is dropped)
-    packing: bool = False  # true: examples packed into full seq_len rows; false: one example per row, padded
-    micro_batch_size: int = 8
-    grad_accum: int = 1
-    sample_budget: int = 2048  # training rows, all ranks, warm-up included (rounded up to whole segments)
-    max_steps: Optional[int] = None  # a step budget instead (optimizer steps incl. warm-up); wins over sample_budget
-    warmup_steps: int = 3  # optimizer steps before the measured window
-    eval_every: int = 20  # optimizer steps per measured segment; held-out loss between segments
-    eval_samples: int = 64  # held-out examples evaluated between segments
-    final_eval_samples: int = 512  # held-out examples of the final quality.loss / perplexity
-    lr: float = 1e-3  # a technique's own lr (technique.lr) wins
-    lr_warmup_steps: int = 5  # of the cosine schedule
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    precision: str = "auto"  # auto (bf16 autocast on a GPU that has it, else fp32) | fp32 | bf16
-    instruction_field: str = "instruction"  # data=local: the JSONL fields (Alpaca-style)
-    input_field: str = "input"
-    output_field: str = "output"
-    merge_adapter: bool = False  # merge the adapter into the base weights after training (timed: latency.merge_s)
-    save_artifact: bool = True  # the adapter (or the full / merged weights)
-
-
-@dataclass
 class DataConfig:
     source: str = "pydoc"  # pydoc | stdlib | local
     path: Optional[str] = None
@@ -216,7 +115,8 @@ class StoreConfig:
 class RunConfig:
     model: Any = MISSING
     technique: Any = MISSING
-    scenario: Any = MISSING
+    scenario: Any = MISSING  # each scenario's schema lives with its runner (runners/<name>.py)
+    backend: Any = MISSING  # how inference and serving reach the model (effbench.backends)
     data: DataConfig = field(default_factory=DataConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -237,7 +137,12 @@ def register_schemas(cs: ConfigStore | None = None) -> None:
     cs.store(group="schema/model", name="builtin", node=BuiltinModelConfig)
     cs.store(group="schema/model", name="hf", node=HfModelConfig)
     cs.store(group="schema/model", name="artifact", node=ArtifactModelConfig)
-    cs.store(group="schema/scenario", name="inference", node=InferenceScenario)
-    cs.store(group="schema/scenario", name="pretrain", node=PretrainScenario)
-    cs.store(group="schema/scenario", name="finetune", node=FinetuneScenario)
-    cs.store(group="schema/scenario", name="serve", node=ServeScenario)
+
+
+def load_plugins() -> None:
+    """Register every schema Hydra composes with: the run, model sources, and the
+    registries' techniques, scenarios and backends (metadata only: no torch)."""
+    register_schemas()
+    import effbench.backends  # noqa: F401
+    import effbench.techniques  # noqa: F401
+    import runners  # noqa: F401

@@ -75,6 +75,19 @@ def _local_documents(path: str, text_field: str) -> list[Document]:
     return [Document(p.name, p.read_text(encoding="utf-8"))]
 
 
+def check_data(source: str, path: str | None, heldout_fraction: float) -> None:
+    """Config-time check of the `data` group: ValueError naming the key."""
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r}; choose one of {', '.join(SOURCES)}")
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"data.heldout_fraction={heldout_fraction} must be between 0 and 1")
+    if source == "local":
+        if not path:
+            raise ValueError("data=local needs data.path=FILE (.txt or .jsonl)")
+        if not Path(path).expanduser().is_file():
+            raise ValueError(f"data.path={path}: no such file")
+
+
 def _is_heldout(name: str, fraction: float) -> bool:
     """Stable per-document assignment: independent of order, Python version and seed."""
     h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")

@@ -50,12 +50,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from effbench.gate.config import GateConfigError, load_gate
     from effbench.gate.core import GateUsageError, run_gate
     from effbench.gate.render import print_result, write_markdown
-    from effbench.store import ResultStore
+    from effbench.store import open_store
 
     try:
         gate = load_gate(args.gate).with_options(match=args.match, method=args.method, alpha=args.alpha,
                                                  min_samples=args.min_samples, pool=args.pool)
-        result = run_gate(args.candidate, args.baseline, gate, lambda: ResultStore(args.db, read_only=True))
+        result = run_gate(args.candidate, args.baseline, gate, lambda: open_store(args.db, read_only=True))
     except (GateConfigError, GateUsageError, FileNotFoundError) as e:
         print(f"effbench gate: {e}", file=sys.stderr)
         return EXIT_USAGE

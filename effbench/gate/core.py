@@ -72,11 +72,11 @@ def parse_selector(text: str) -> Selector:
 
 def load_records_file(path: str | Path) -> list[RunRecord]:
     """Run records from a JSON export, a single-record file, or a directory of them."""
-    from effbench.store.jsondir import load_record_file, read_records
+    from effbench.store.records_io import read_records
 
     path = Path(path)
     try:
-        return read_records(path) if path.is_dir() else load_record_file(path)
+        return read_records(path).records
     except RecordError as e:
         raise GateUsageError(f"{path}: {e}") from None
 

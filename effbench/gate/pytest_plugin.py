@@ -54,7 +54,7 @@ class Gatekeeper:
     def runs(self, candidate: str | list, baseline: str | list, gate: str | dict | GateConfig | None = None,
              *, strict: bool | None = None, **options: Any) -> GateResult:
         """`effbench gate` over stored runs (selectors, or lists of RunRecords); fails on regression."""
-        from effbench.store import ResultStore
+        from effbench.store import open_store
 
         strict = self.strict if strict is None else strict
         if isinstance(gate, GateConfig):
@@ -64,7 +64,7 @@ class Gatekeeper:
         else:
             cfg = load_gate(gate)
         cfg = cfg.with_options(**options)
-        result = run_gate(candidate, baseline, cfg, lambda: ResultStore(self.db, read_only=True))
+        result = run_gate(candidate, baseline, cfg, lambda: open_store(self.db, read_only=True))
         if result.exit_code(strict):
             pytest.fail(to_markdown(result, strict), pytrace=False)
         for c in result.inconclusive:

@@ -133,3 +133,8 @@ def compression_metrics(size: int, baseline_size: int, baseline_name: str) -> li
                     note=f"safetensors file size at {baseline_name}"),
         make_metric("compression.ratio", baseline_size / size, Source.ANALYTIC, note=f"{baseline_name} size / size"),
     ]
+
+
+def baseline_dtype(device_type: str) -> str:
+    """The compression baseline's precision (docs/spec.md §2): bf16 on a GPU, fp32 on a CPU."""
+    return "bfloat16" if device_type == "cuda" else "float32"

@@ -134,6 +134,10 @@ class RunRecord:
     duration_s: float | None = None
     # A saved checkpoint (pretraining, fine-tuning): {"path", "sha256", "bytes"}.
     artifact: dict[str, Any] | None = None
+    # Non-fatal problems of an ok run (e.g. its quality step failed, so those figures are missing).
+    warnings: list[str] = field(default_factory=list)
+    # Where the measured model came from when a file was converted (e.g. a GGUF file, its sha256, the dequantization).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)

@@ -68,9 +68,9 @@ def load_tokenizer(id_or_path: str | Path, **kw) -> PreTrainedTokenizerBase:
 
 def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
     from effbench.artifacts import verified_path
-    from effbench.store import ResultStore
+    from effbench.store import open_store
 
-    record = ResultStore(cfg.store_url, read_only=True).get(cfg.run_id)
+    record = open_store(cfg.store_url, read_only=True).get(cfg.run_id)
     path = verified_path(record.artifact, record.id)
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

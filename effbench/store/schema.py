@@ -2,7 +2,8 @@
 
 Summary statistics are copied into plain columns so SQL can filter and rank
 without parsing the samples JSON. Generic `JSON` keeps one schema for SQLite
-and PostgreSQL.
+and PostgreSQL. A change here is a new migration in effbench/store/migrations/versions
+(`alembic revision --autogenerate` from that folder's env) and a new SCHEMA_VERSION.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from effbench.metrics.record import Source, Status
 
 def _one_of(column: str, enum: type[Status] | type[Source]) -> str:
     return f"{column} IN ({', '.join(repr(e.value) for e in enum)})"
+
+
+# The Alembic revision this code reads and writes (the newest in migrations/versions).
+SCHEMA_VERSION = "0002"
 
 
 class Base(DeclarativeBase):
@@ -55,6 +60,8 @@ class RunRow(Base):
     sweep_id: Mapped[str | None] = mapped_column(String, index=True)
     duration_s: Mapped[float | None] = mapped_column(Double)
     artifact: Mapped[dict | None] = mapped_column(JSON)
+    warnings: Mapped[list] = mapped_column(JSON)
+    provenance: Mapped[dict] = mapped_column(JSON)
 
     metrics: Mapped[list[MetricRow]] = relationship(
         back_populates="run",

@@ -201,6 +201,8 @@ _RUN_CHECKS: dict[str, Check] = {
     "sweep_id": _optional(_str),
     "duration_s": _optional(_nonnegative),
     "artifact": _optional(_json_object),
+    "warnings": _list_of(_str),
+    "provenance": _json_object,
 }
 # Whatever RunRecord gives a default may be left out.
 _RUN_REQUIRED = {f.name for f in fields(RunRecord) if f.default is MISSING and f.default_factory is MISSING}

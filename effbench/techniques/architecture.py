@@ -4,12 +4,13 @@ another family or with one option changed (KV heads, MLA, MoE, positions, ...)."
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from effbench.config.schema import BuiltinModelConfig, TechniqueConfig
 from effbench.techniques.registry import TechniqueSpec, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -36,6 +37,5 @@ SPEC = register(
         schema=ArchitectureConfig,
         apply=lambda model, cfg, device: model.to(device),
         configure_model=_configure,
-        compute_dtype=lambda cfg: torch.float32,
     )
 )

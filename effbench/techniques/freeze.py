@@ -11,11 +11,13 @@ embedding matrix too; the trainable count includes it once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.techniques.peft_common import AXIS, FinetuneConfig, decoder_layers, head_modules
 from effbench.techniques.registry import TechniqueSpec, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.techniques.peft_common import AXIS, FinetuneConfig
 from effbench.techniques.registry import TechniqueSpec, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

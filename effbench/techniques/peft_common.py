@@ -10,11 +10,12 @@ every family of `effbench.models.architectures` and hub models alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from effbench.config.schema import TechniqueConfig
+
+if TYPE_CHECKING:
+    import torch
 
 AXIS = "finetuning"
 
@@ -31,6 +32,8 @@ def trainable_parameters(model: torch.nn.Module) -> int:
 def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     """(name, ModuleList) of the model's block stack: the ModuleList holding the
     most parameters (Llama `model.layers`, GPT-2 `transformer.h`, RWKV `rwkv.blocks`, ...)."""
+    import torch
+
     best: tuple[int, str, torch.nn.ModuleList] | None = None
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) > 0:

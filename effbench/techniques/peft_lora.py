@@ -34,12 +34,13 @@ from __future__ import annotations
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Optional
 
 from effbench.techniques.peft_common import AXIS, FinetuneConfig
 from effbench.techniques.registry import TechniqueSpec, register
+
+if TYPE_CHECKING:
+    import torch
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # config.model_type -> modules adapted by default (those the model has; an explicit list must all match)
@@ -101,6 +102,7 @@ class LoraPlusConfig(LoraFamilyConfig):
 
 
 def _adaptable(module: torch.nn.Module) -> bool:
+    import torch
     from transformers.pytorch_utils import Conv1D
 
     return isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D))
@@ -219,6 +221,7 @@ def _export_pissa(model: torch.nn.Module, cfg: PissaConfig) -> Any:
 
 
 def _loraplus_optimizer(model: torch.nn.Module, cfg: LoraPlusConfig, lr: float, weight_decay: float):
+    import torch
     from peft.optimizers import create_loraplus_optimizer
 
     if cfg.loraplus_lr_ratio < 1:

@@ -12,8 +12,7 @@ saved artifact is the adapter, which applies to the unquantized base.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.config.schema import DType
 from effbench.techniques.peft_common import AXIS
@@ -21,6 +20,9 @@ from effbench.techniques.peft_lora import LoraFamilyConfig, _check, peft_config
 from effbench.techniques.quant_bnb import Bnb4bitConfig, _apply_4bit
 from effbench.techniques.quant_common import QuantSpec
 from effbench.techniques.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.config.schema import DType, TechniqueConfig
-from effbench.techniques.registry import TechniqueSpec, register
+from effbench.techniques.registry import TechniqueSpec, register, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class PrecisionConfig(TechniqueConfig):
     method: str = "precision"
     dtype: DType = DType.float32
-
-
-def torch_dtype(dtype: DType | str) -> torch.dtype:
-    return getattr(torch, DType(dtype).value)
 
 
 def _apply(model: torch.nn.Module, cfg: PrecisionConfig, device: torch.device) -> torch.nn.Module:

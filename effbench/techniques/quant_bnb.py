@@ -22,11 +22,13 @@ tiny preset's MLP width, 688, is neither): such layers are kept on the generic
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.techniques.quant_common import QuantConfig, QuantSpec, saved_copy, torch_dtype
 from effbench.techniques.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 _REQUIRES = (("bitsandbytes", "bitsandbytes"),)
 _CPU_BLOCK_N = 32  # bitsandbytes.functional._convert_weight_packed_for_cpu's block_n

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.config.schema import DType
 from effbench.techniques.quant_common import (QuantConfig, QuantSpec, calibration_texts, saved_copy, tokenizer_for,
                                               torch_dtype)
 from effbench.techniques.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

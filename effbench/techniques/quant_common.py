@@ -16,22 +16,21 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
-import torch
 
 from effbench.config.schema import DType, TechniqueConfig
-from effbench.techniques.registry import TechniqueSpec, UnsupportedTechnique
+from effbench.techniques.registry import TechniqueSpec, UnsupportedTechnique, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class QuantConfig(TechniqueConfig):
     compute_dtype: DType = DType.float32
     skip_modules: list[str] = field(default_factory=lambda: ["lm_head"])
-
-
-def torch_dtype(dtype: DType | str) -> torch.dtype:
-    return getattr(torch, DType(dtype).value)
 
 
 def _config_dtype(cfg) -> torch.dtype:
@@ -72,6 +71,8 @@ def skipped(name: str, patterns: list[str]) -> bool:
 
 def target_linears(model: torch.nn.Module, patterns: list[str]) -> Iterator[tuple[str, torch.nn.Linear]]:
     """The nn.Linear layers to quantize: every one not matched by `patterns`."""
+    import torch
+
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and not skipped(name, patterns):
             yield name, module

@@ -10,11 +10,13 @@ optimizer fits them to minimise the weight error).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.techniques.quant_common import QuantConfig, QuantSpec, replace_module, target_linears, torch_dtype
 from effbench.techniques.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

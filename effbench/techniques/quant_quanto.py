@@ -14,11 +14,13 @@ those layers run their forward with inference mode off and autograd off.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from effbench.techniques.quant_common import QuantConfig, QuantSpec, target_linears, torch_dtype
 from effbench.techniques.registry import register
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -44,6 +46,8 @@ def _apply(model: torch.nn.Module, cfg: QuantoConfig, device: torch.device) -> t
 
 
 def _outside_inference_mode(module: torch.nn.Module) -> None:
+    import torch
+
     forward = module.forward
 
     def run(*args, **kwargs):

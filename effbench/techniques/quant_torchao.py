@@ -15,13 +15,14 @@ inner tensors, see effbench.metrics.compression).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from effbench.config.schema import DType
 from effbench.techniques.quant_common import QuantConfig, QuantSpec, skipped, torch_dtype
 from effbench.techniques.registry import UnsupportedTechnique, register
+
+if TYPE_CHECKING:
+    import torch
 
 _REQUIRES = (("torchao", "torchao"),)
 
@@ -42,6 +43,7 @@ class TorchaoInt4Config(QuantConfig):
 
 
 def _quantize(model: torch.nn.Module, ao_config, cfg: QuantConfig, device: torch.device) -> torch.nn.Module:
+    import torch
     from torchao.quantization import quantize_
 
     model = model.to(device=device, dtype=torch_dtype(cfg.compute_dtype))
