@@ -90,7 +90,7 @@ def test_list_show_export_import(tmp_path, store):
     assert run.id[:8] in listed
     shown = effbench("show", run.id[:6], cwd=tmp_path).stdout
     assert "memory.peak_bytes" in shown and "estimated" in shown and run.config_hash[:16] in shown
-    assert effbench("show", "zzzz", cwd=tmp_path, check=False).returncode == 1
+    assert effbench("show", "zzzz", cwd=tmp_path, check=False).returncode == 2  # bad input
 
     effbench("export", "runs.json", cwd=tmp_path)
     exported = json.loads((tmp_path / "runs.json").read_text())

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 class Source(str, enum.Enum):
@@ -45,6 +44,8 @@ class Summary:
 
     @classmethod
     def of(cls, samples: list[float]) -> Summary:
+        from scipy import stats  # here, not at import: listing runs needs no scipy
+
         if not samples:
             raise ValueError("a summary needs at least one sample")
         a = np.asarray(samples, dtype=float)

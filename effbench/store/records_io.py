@@ -74,7 +74,7 @@ def read_records(path: str | os.PathLike[str], skip_invalid: bool = False) -> Lo
             except RecordError as e:
                 if not skip_invalid:
                     raise
-                skipped.append((p.name, str(e)))
+                skipped.append((p.name, str(e).removeprefix(f"{p.name}: ")))
     else:
         try:
             data: Any = json.loads(path.read_text())

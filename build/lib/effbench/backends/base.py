@@ -1,0 +1,86 @@
+"""The inference backend seam: how the inference and serving scenarios reach a model.
+
+A `Backend` loads the model with its technique, generates a fixed number of
+tokens with the time of every token, and reports what it can count about the
+model. It declares those abilities as `capabilities`; the runners build their
+trackers and figures from them, so a backend that cannot count FLOPs (an HTTP
+server, an ONNX session) reports no FLOPs instead of a wrong figure.
+
+Backends are registered like techniques: one module and one YAML each
+(configs/backend/*.yaml), the module imported only when a run uses it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from effbench.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from effbench.metrics.latency import RequestTiming
+    from runners.base import Subject
+
+
+class Capability(str, enum.Enum):
+    FLOPS = "flops"  # counts the FLOPs of a generate call
+    WEIGHT_BYTES = "weight_bytes"  # serialized size of the weights (compression family)
+    PARAMETERS = "parameters"  # parameter counts
+    MODULE = "module"  # a torch module in this process: perplexity, KV cache, lm-eval run on it
+    PROCESS_MEMORY = "process_memory"  # the model lives in this process: its RSS / allocator is the model's
+
+
+@dataclass
+class BackendConfig:
+    """Base of every backend's schema (registered as schema/backend/<kind>)."""
+
+    kind: str = "hf"
+
+
+class Backend(Protocol):
+    kind: str
+    capabilities: frozenset[Capability]
+    model_name: str  # as the loaded model names itself
+    tokenizer: Any
+
+    def load(self, subject: Subject, device: torch.device) -> None:
+        """Load the model and apply the subject's technique."""
+
+    def generate(self, input_ids: torch.Tensor, output_tokens: int) -> RequestTiming:
+        """Greedy generation of exactly `output_tokens` per row of the batch (EOS cannot end
+        it early); the time each step's tokens existed."""
+
+    def close(self) -> None:
+        """Free the model (and stop what the backend started)."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    kind: str
+    schema: type[BackendConfig]
+    factory: str  # "module:Class", imported when a run uses the backend
+    description: str
+
+
+BACKENDS: Registry[BackendSpec] = Registry("backend kind")
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    from hydra.core.config_store import ConfigStore
+
+    BACKENDS.register(spec.kind, spec, description=spec.description)
+    ConfigStore.instance().store(group="schema/backend", name=spec.kind, node=spec.schema)
+    return spec
+
+
+def create_backend(config: BackendConfig, **options: Any) -> Backend:
+    """The backend of `config.kind`, its module imported now; `options` are the scenario's
+    settings for it (e.g. the KV-cache implementation)."""
+    import importlib
+
+    spec = BACKENDS.get(config.kind)
+    module, _, name = spec.factory.partition(":")
+    return getattr(importlib.import_module(module), name)(config, **options)

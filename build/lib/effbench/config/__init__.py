@@ -1,0 +1,1 @@
+"""Structured-config schemas (Hydra ConfigStore) and config-time validation."""

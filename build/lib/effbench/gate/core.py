@@ -1,0 +1,375 @@
+"""Select a candidate and a baseline, pair their runs, check every gated metric.
+
+Selectors (`--candidate` / `--baseline`):
+
+    run:ID[,ID...]    runs by id or unique id prefix
+    tag:NAME          runs carrying the tag (`effbench run tags=[NAME]`)
+    branch:NAME       runs tagged `branch:NAME`, i.e. the newest run of each
+                      pair on that branch (CI tags main's runs `branch:main`)
+    commit:SHA        runs whose software.effbench_commit starts with SHA
+    file:PATH         a JSON export (`effbench export x.json`) or a directory of
+                      per-job JSON records (store.url=json:///dir)
+
+Pairing (decided here, see docs/ci-and-cluster.md):
+
+- `names` (default): a pair is model × technique × scenario. Where one side holds
+  several configs of one such pair (a sweep over batch sizes), the config keys
+  that vary *within* a side are added to the key (e.g. `scenario.batch_size=4`),
+  so sweeps pair point by point, while a default that changed *between* the two
+  sides (what a pull request does) does not split the pair — it is shown as a
+  note. Config hashes would miss those pairs entirely.
+- `config`: a pair is one config hash: strict like-for-like, nothing else.
+
+On each side the newest run of a key is used; with `pool: runs` (`--pool runs`)
+every run of the key is, each contributing one sample — the median of its
+repeats — so run-to-run drift, which repeats inside one run cannot show, is in
+the test (see docs/results/gate_power.md for when that matters).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effbench.config.schema import NON_IDENTITY_KEYS
+from effbench.gate.config import GateConfig, MetricRule
+from effbench.gate.stats import Comparison, Verdict, compare_samples, compare_values
+from effbench.metrics.record import Metric, RunRecord, Source, Status
+from effbench.store.validate import RecordError
+
+SELECTOR_KINDS = ("run", "tag", "branch", "commit", "file")
+
+
+class GateUsageError(ValueError):
+    """Selectors that select nothing, nothing to pair, a bad file: exit code 2."""
+
+
+@dataclass(frozen=True)
+class Selector:
+    kind: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+def parse_selector(text: str) -> Selector:
+    kind, sep, value = text.partition(":")
+    if sep and kind in SELECTOR_KINDS and value:
+        return Selector(kind, value)
+    if Path(text).exists():
+        return Selector("file", text)
+    raise GateUsageError(f"cannot read selector {text!r}: use run:ID[,ID], tag:NAME, branch:NAME, commit:SHA "
+                         "or file:PATH (a JSON export or a directory of JSON records)")
+
+
+def load_records_file(path: str | Path) -> list[RunRecord]:
+    """Run records from a JSON export, a single-record file, or a directory of them."""
+    from effbench.store.records_io import read_records
+
+    path = Path(path)
+    try:
+        return read_records(path).records
+    except RecordError as e:
+        raise GateUsageError(f"{path}: {e}") from None
+
+
+def select_runs(selector: Selector, open_store: Callable[[], Any]) -> list[RunRecord]:
+    """The runs a selector names, newest first."""
+    if selector.kind == "file":
+        runs = load_records_file(selector.value)
+    elif selector.kind == "run":
+        store = open_store()
+        try:
+            runs = [store.get(i.strip()) for i in selector.value.split(",") if i.strip()]
+        except KeyError as e:
+            raise GateUsageError(e.args[0]) from None
+    elif selector.kind in ("tag", "branch"):
+        tag = selector.value if selector.kind == "tag" else f"branch:{selector.value}"
+        runs = open_store().runs(tag=tag)
+    else:  # commit
+        if len(selector.value) < 4:
+            raise GateUsageError(f"commit:{selector.value}: give at least 4 characters of the commit")
+        runs = [r for r in open_store().runs()
+                if str((r.software or {}).get("effbench_commit") or "").startswith(selector.value)]
+    if not runs:
+        raise GateUsageError(f"{selector} selects no runs")
+    return sorted(runs, key=lambda r: (r.created_at, r.id), reverse=True)
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys of what is measured (store, rerun, tags left out)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = json.dumps(value, sort_keys=True)
+
+    walk("", {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS})
+    return out
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], limit: int = 3) -> str:
+    fa, fb = flat_config(a), flat_config(b)
+    keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    shown = [f"{k}: {fa.get(k, '–')} → {fb.get(k, '–')}" for k in keys[:limit]]
+    return "; ".join(shown) + (f"; +{len(keys) - limit} more" if len(keys) > limit else "")
+
+
+@dataclass
+class Pair:
+    label: str
+    baseline: RunRecord | None  # the newest run of the pair on each side
+    candidate: RunRecord | None
+    notes: list[str] = field(default_factory=list)
+    baseline_runs: list[RunRecord] = field(default_factory=list)  # every run of the pair, newest first
+    candidate_runs: list[RunRecord] = field(default_factory=list)
+    # Baseline only, but the candidate has other configs of this model × technique × scenario
+    # (an older variant in the baseline's history): a note, not a missing run.
+    superseded: bool = False
+
+
+def pair_runs(baseline: list[RunRecord], candidate: list[RunRecord], match: str = "names") -> list[Pair]:
+    """Match the two sides' runs (newest first on each side) into pairs."""
+    sides = {"baseline": baseline, "candidate": candidate}
+    keyed: dict[str, dict[tuple, list[RunRecord]]] = {"baseline": defaultdict(list), "candidate": defaultdict(list)}
+    labels: dict[tuple, str] = {}
+    if match == "config":
+        for side, runs in sides.items():
+            for r in runs:
+                key = (r.config_hash,)
+                keyed[side][key].append(r)
+                labels.setdefault(key, f"{r.model} × {r.technique} × {r.scenario} [{r.config_hash[:8]}]")
+    else:
+        groups: dict[tuple, dict[str, list[RunRecord]]] = defaultdict(lambda: {"baseline": [], "candidate": []})
+        for side, runs in sides.items():
+            for r in runs:
+                groups[(r.model, r.technique, r.scenario)][side].append(r)
+        for name, by_side in groups.items():
+            varying: set[str] = set()
+            flats = {side: [flat_config(r.config) for r in runs] for side, runs in by_side.items()}
+            for fl in flats.values():
+                for k in {k for f in fl for k in f}:
+                    if len({f.get(k) for f in fl}) > 1:
+                        varying.add(k)
+            varying_sorted = sorted(varying)
+            for side, runs in by_side.items():
+                for r, f in zip(runs, flats[side], strict=True):
+                    sub = tuple((k, f.get(k, "null")) for k in varying_sorted)
+                    key = (*name, sub)
+                    keyed[side][key].append(r)  # newest first
+                    extra = ", ".join(f"{k}={v}" for k, v in sub)
+                    labels.setdefault(key, f"{name[0]} × {name[1]} × {name[2]}" + (f" [{extra}]" if extra else ""))
+    pairs = []
+    for key in sorted(keyed["baseline"].keys() | keyed["candidate"].keys(), key=lambda k: labels[k]):
+        b_runs, c_runs = keyed["baseline"].get(key, []), keyed["candidate"].get(key, [])
+        b, c = (b_runs or [None])[0], (c_runs or [None])[0]
+        pair = Pair(labels[key], b, c, baseline_runs=b_runs, candidate_runs=c_runs)
+        if b is not None and c is not None and b.config_hash != c.config_hash:
+            pair.notes.append(f"configs differ ({_config_diff(b.config, c.config)})")
+        pairs.append(pair)
+    in_candidate = {(r.model, r.technique, r.scenario) for r in candidate}
+    for pair in pairs:
+        b = pair.baseline
+        pair.superseded = pair.candidate is None and (b.model, b.technique, b.scenario) in in_candidate
+    return pairs
+
+
+@dataclass
+class CheckResult:
+    pair: str
+    metric: str
+    verdict: Verdict
+    unit: str = ""
+    baseline: float | None = None  # median of the samples (value for deterministic figures)
+    candidate: float | None = None
+    ratio: float = math.nan
+    tolerance: float | None = None
+    higher_is_better: bool | None = None
+    n_baseline: int = 0
+    n_candidate: int = 0
+    detail: str = ""
+    estimated: bool = False
+    comparison: Comparison | None = None
+
+    @property
+    def change(self) -> float:
+        """Relative change of candidate vs baseline (+0.10 = 10% larger)."""
+        return self.ratio - 1 if math.isfinite(self.ratio) else math.nan
+
+
+@dataclass
+class GateResult:
+    checks: list[CheckResult]
+    notes: list[str]
+    gate: GateConfig
+    candidate: str
+    baseline: str
+    n_pairs: int
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(c.verdict is verdict for c in self.checks)
+
+    @property
+    def regressions(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.verdict is Verdict.REGRESSION]
+
+    @property
+    def inconclusive(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.verdict is Verdict.INCONCLUSIVE]
+
+    def exit_code(self, strict: bool = False) -> int:
+        """0 pass, 1 regression (or, with strict, anything inconclusive)."""
+        if self.regressions or (strict and self.inconclusive):
+            return 1
+        return 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+
+def _median(m: Metric) -> float:
+    return float(np.median(m.samples)) if m.samples else m.value
+
+
+def check_metric(pair: str, rule: MetricRule, base: Metric, cand: Metric, gate: GateConfig,
+                 same_hardware: bool = True, samples: tuple[list[float], list[float]] | None = None) -> CheckResult:
+    """One metric of one pair. `samples` (baseline, candidate) replaces the two
+    metrics' repeat samples, e.g. with one median per run (pool: runs)."""
+    hib = rule.higher_is_better if rule.higher_is_better is not None else cand.higher_is_better
+    if hib is None:
+        hib = base.higher_is_better
+    estimated = Source.ESTIMATED in (base.source, cand.source)
+    result = CheckResult(pair, rule.name, Verdict.INCONCLUSIVE, cand.unit or base.unit, _median(base), _median(cand),
+                         _median(cand) / _median(base) if _median(base) else math.nan, rule.tolerance, hib,
+                         len(base.samples), len(cand.samples), estimated=estimated)
+    if samples is not None:
+        result.baseline, result.candidate = float(np.median(samples[0])), float(np.median(samples[1]))
+        result.ratio = result.candidate / result.baseline if result.baseline else math.nan
+        result.n_baseline, result.n_candidate = len(samples[0]), len(samples[1])
+    if hib is None:
+        result.detail = "no direction: set higher_is_better for this metric in the gate file"
+        return result
+    if (base.source is Source.ESTIMATED) != (cand.source is Source.ESTIMATED):
+        result.detail = (f"source mismatch: {base.source.value} baseline vs {cand.source.value} candidate "
+                         "(an estimate is not comparable with a measurement)")
+        return result
+    deterministic = base.source is Source.ANALYTIC and cand.source is Source.ANALYTIC
+    if not same_hardware and not deterministic:
+        result.detail = "measured on different hardware: not comparable"
+        return result
+    if deterministic:
+        comp = compare_values(base.value, cand.value, tolerance=rule.tolerance, higher_is_better=hib)
+        result.baseline, result.candidate = base.value, cand.value
+    else:
+        b_samples, c_samples = samples if samples is not None else (base.samples, cand.samples)
+        comp = compare_samples(b_samples, c_samples, tolerance=rule.tolerance, higher_is_better=hib,
+                               alpha=rule.alpha or gate.alpha, min_samples=rule.min_samples or gate.min_samples,
+                               method=gate.method, n_resamples=gate.n_resamples, seed=gate.seed)
+    result.verdict, result.ratio, result.comparison = comp.verdict, comp.ratio, comp
+    result.detail = comp.reason + (" (estimated figures)" if estimated else "")
+    if samples is not None and not deterministic:
+        result.detail = "run medians: " + result.detail.replace("raise scenario.repeats", "run each side more times")
+    return result
+
+
+def run_medians(runs: list[RunRecord], metric: str, hardware: Any) -> list[float]:
+    """One sample per ok run of a pair on the newest run's hardware: the median of its repeats."""
+    out = []
+    for r in runs:
+        if r.status is Status.OK and r.hardware.get("label") == hardware:
+            m = next((m for m in r.metrics if m.name == metric), None)
+            if m is not None:
+                out.append(_median(m))
+    return out
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def evaluate(pairs: Iterable[Pair], gate: GateConfig, candidate: str = "candidate",
+             baseline: str = "baseline") -> GateResult:
+    checks: list[CheckResult] = []
+    notes: list[str] = []
+    pairs = list(pairs)
+    compared = 0
+    used_rules: set[str] = set()
+    for p in pairs:
+        for n in p.notes:
+            notes.append(f"{p.label}: {n}")
+        if p.candidate is None and p.superseded:
+            notes.append(f"{p.label}: only in the baseline; the candidate ran other configs of this pair")
+            continue
+        if p.candidate is None:
+            checks.append(CheckResult(p.label, "run", Verdict.INCONCLUSIVE,
+                                      detail=f"no candidate run (baseline {p.baseline.id[:8]})"))
+            continue
+        if p.baseline is None:
+            notes.append(f"{p.label}: new in the candidate ({p.candidate.id[:8]}), no baseline to compare")
+            continue
+        compared += 1
+        b, c = p.baseline, p.candidate
+        if c.status is not Status.OK or b.status is not Status.OK:
+            if c.status is Status.FAILED and b.status is Status.OK:
+                checks.append(CheckResult(p.label, "run", Verdict.REGRESSION,
+                                          detail=f"candidate run {c.id[:8]} failed: {_first_line(c.error)}"))
+            else:
+                checks.append(CheckResult(p.label, "run", Verdict.INCONCLUSIVE,
+                                          detail=f"baseline {b.status.value}, candidate {c.status.value}"))
+            continue
+        bm, cm = {m.name: m for m in b.metrics}, {m.name: m for m in c.metrics}
+        same_hw = b.hardware.get("label") == c.hardware.get("label")
+        if not same_hw:
+            notes.append(f"{p.label}: hardware differs ({b.hardware.get('label')} vs {c.hardware.get('label')}); "
+                         "only deterministic figures are compared")
+        for rule in gate.rules:
+            if rule.name not in bm and rule.name not in cm:
+                continue  # not a figure of this scenario
+            used_rules.add(rule.name)
+            if rule.name not in bm or rule.name not in cm:
+                side = "baseline" if rule.name not in bm else "candidate"
+                checks.append(CheckResult(p.label, rule.name, Verdict.INCONCLUSIVE, tolerance=rule.tolerance,
+                                          detail=f"missing in the {side}"))
+                continue
+            pooled = None
+            if gate.pool == "runs":
+                pooled = (run_medians(p.baseline_runs, rule.name, b.hardware.get("label")),
+                          run_medians(p.candidate_runs, rule.name, c.hardware.get("label")))
+            checks.append(check_metric(p.label, rule, bm[rule.name], cm[rule.name], gate, same_hw, pooled))
+    if compared == 0:
+        n_b = sum(p.baseline is not None for p in pairs)
+        n_c = sum(p.candidate is not None for p in pairs)
+        raise GateUsageError(f"no pair is in both the candidate ({n_c} pairs) and the baseline ({n_b} pairs): "
+                             f"nothing to compare (pairing by {gate.match})")
+    for rule in gate.rules if gate.source != "built-in defaults" else ():
+        if rule.name not in used_rules:
+            notes.append(f"{rule.name}: gated but recorded by no compared pair")
+    return GateResult(checks, notes, gate, candidate, baseline, compared)
+
+
+def run_gate(candidate: str | Selector | list[RunRecord], baseline: str | Selector | list[RunRecord],
+             gate: GateConfig, open_store: Callable[[], Any] | None = None) -> GateResult:
+    """Select both sides (selector strings, Selectors or lists of records), pair, check."""
+    def side(spec) -> tuple[list[RunRecord], str]:
+        if isinstance(spec, list):
+            return spec, f"{len(spec)} runs"
+        sel = spec if isinstance(spec, Selector) else parse_selector(spec)
+        if open_store is None and sel.kind != "file":
+            raise GateUsageError(f"{sel} needs a results store")
+        return select_runs(sel, open_store), str(sel)
+
+    cand, cand_desc = side(candidate)
+    base, base_desc = side(baseline)
+    return evaluate(pair_runs(base, cand, gate.match), gate, cand_desc, base_desc)

@@ -1,0 +1,140 @@
+"""Compression family (SPEC §2): the bytes the weights really take on disk.
+
+One general rule for every technique: write the model's state dict as a
+safetensors file and take its size. What makes it honest for quantized models
+is how each state-dict entry becomes plain tensors:
+
+- plain tensors (fp weights; bitsandbytes' and HQQ's packed uint8 weights with
+  their absmax / scale / zero / quant-state entries) are written as they are;
+- tensor subclasses that implement `__tensor_flatten__` (torchao's Int8Tensor,
+  Int4 tensors, optimum-quanto's QTensors) are replaced by their inner tensors,
+  recursively: their `numel × element_size` is the *logical* size;
+- any other tensor subclass is written as a plain view of its own storage.
+
+Tied weights are written once. bitsandbytes on a CPU rewrites its packed
+weights during the first forward: size a bitsandbytes model before running it
+(the inference runner sizes right after `apply`, before warm-up).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from effbench.metrics.catalog import make_metric
+from effbench.metrics.record import Metric, Source
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+# Module packages whose layers hold packed weights in plain tensors: named in the note.
+_QUANT_PACKAGES = ("bitsandbytes", "hqq", "optimum", "torchao", "gptqmodel", "compressed_tensors", "awq")
+
+
+class SizeBytes(int):
+    """A byte count that also says how it was measured (`how`), for the metric note."""
+
+    how: str
+
+    def __new__(cls, value: int, how: str) -> SizeBytes:
+        obj = super().__new__(cls, value)
+        obj.how = how
+        return obj
+
+
+def _flatten(name: str, t: torch.Tensor, subclasses: Counter) -> Iterator[tuple[str, torch.Tensor]]:
+    if type(t) in _PLAIN:
+        yield name, t.detach()
+    elif hasattr(t, "__tensor_flatten__"):
+        subclasses[type(t).__name__] += 1
+        attrs, _ = t.__tensor_flatten__()
+        for attr in attrs:
+            inner = getattr(t, attr)
+            if isinstance(inner, torch.Tensor):
+                yield from _flatten(f"{name}.{attr}", inner, subclasses)
+    else:  # e.g. bitsandbytes Params4bit / Int8Params: their storage is the packed data
+        yield name, t.detach().as_subclass(torch.Tensor)
+
+
+def plain_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], Counter]:
+    """The state dict as plain, contiguous CPU tensors that safetensors can write,
+    each tied/shared tensor once; and a count of the tensor subclasses flattened."""
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    subclasses: Counter = Counter()
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for name, t in _flatten(key, value, subclasses):
+            if t.numel():
+                ident = (t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()), t.device)
+                if ident in seen:  # tied weights are stored once
+                    continue
+                seen[ident] = name
+            storage = t.untyped_storage().data_ptr() if t.numel() else None
+            t = t.contiguous().cpu()
+            if storage is not None and storage in storages and t.device.type == "cpu":
+                t = t.clone()  # another view of a storage already written: safetensors wants it separate
+            if storage is not None:
+                storages.add(storage)
+            out[name] = t
+    return out, subclasses
+
+
+def _quantized_modules(model: torch.nn.Module) -> Counter:
+    return Counter(type(m).__name__ for m in model.modules()
+                   if type(m).__module__.split(".")[0] in _QUANT_PACKAGES)
+
+
+def serialized_size_bytes(model: torch.nn.Module) -> SizeBytes:
+    """Size of the model's state dict written as one safetensors file (see the
+    module docstring for how quantized tensors are written). The result is an
+    int that carries `.how`, the measurement method, for the metric note."""
+    tensors, subclasses = plain_state_dict(model)
+    with tempfile.TemporaryDirectory(prefix="effbench-size-") as d:
+        path = Path(d) / "model.safetensors"
+        save_file(tensors, str(path))
+        size = path.stat().st_size
+    how = "safetensors file size of the state dict"
+    modules = _quantized_modules(model)
+    if modules:
+        how += "; quantized layers " + ", ".join(f"{n}×{c}" for n, c in sorted(modules.items())) + \
+               " stored as their packed tensors and quantization state"
+    if subclasses:
+        how += "; tensor subclasses " + ", ".join(f"{n}×{c}" for n, c in sorted(subclasses.items())) + \
+               " counted as the sum of their inner tensors (__tensor_flatten__)"
+    return SizeBytes(size, how)
+
+
+def serialized_size_at(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Safetensors size of the model's floating tensors cast to `dtype`, written
+    from a transient copy so the model itself is left untouched."""
+    tensors, seen = {}, set()
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in seen:  # tied weights are stored once
+            continue
+        seen.add(t.data_ptr())
+        tensors[name] = (t.to(dtype) if t.is_floating_point() else t).detach().contiguous().cpu()
+    with tempfile.TemporaryDirectory(prefix="effbench-size-") as d:
+        path = Path(d) / "model.safetensors"
+        save_file(tensors, str(path))
+        return path.stat().st_size
+
+
+def compression_metrics(size: int, baseline_size: int, baseline_name: str) -> list[Metric]:
+    how = getattr(size, "how", "safetensors file size")
+    return [
+        make_metric("compression.size_bytes", int(size), Source.ANALYTIC, note=how),
+        make_metric("compression.baseline_size_bytes", baseline_size, Source.ANALYTIC,
+                    note=f"safetensors file size at {baseline_name}"),
+        make_metric("compression.ratio", baseline_size / size, Source.ANALYTIC, note=f"{baseline_name} size / size"),
+    ]
+
+
+def baseline_dtype(device_type: str) -> str:
+    """The compression baseline's precision (docs/spec.md §2): bf16 on a GPU, fp32 on a CPU."""
+    return "bfloat16" if device_type == "cuda" else "float32"

@@ -1,0 +1,106 @@
+"""Model zoo: tiny architectures built from config (offline, random init) and
+any transformers causal LM by hub id or local path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+from effbench.config.schema import ArtifactModelConfig, BuiltinModelConfig, HfModelConfig
+from effbench.models.architectures import build_architecture
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    source: str
+
+
+def _byte_tokenizer() -> PreTrainedTokenizerBase:
+    return ByT5Tokenizer()  # byte ids + 3 specials; needs no files
+
+
+TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {"byte": _byte_tokenizer}
+
+
+def build_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """`byte` (offline), or `hf:<hub id or directory>` for a real vocabulary
+    (e.g. hf:Qwen/Qwen2.5-0.5B, to give a paper-scale preset its embedding size)."""
+    if spec.startswith("hf:"):
+        return load_tokenizer(spec[3:])
+    if spec not in TOKENIZERS:
+        raise ValueError(f"model.tokenizer={spec!r}; choose {', '.join(TOKENIZERS)} or hf:<hub id or directory>")
+    return TOKENIZERS[spec]()
+
+
+def _build(cfg: BuiltinModelConfig) -> LoadedModel:
+    tok = build_tokenizer(cfg.tokenizer)
+    torch.manual_seed(cfg.init_seed)  # same config, same weights
+    model = build_architecture(cfg, len(tok))
+    return LoadedModel(model.eval(), tok, cfg.name, "builtin")
+
+
+def _from_pretrained(cfg: HfModelConfig, dtype: torch.dtype) -> LoadedModel:
+    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    tok = load_tokenizer(cfg.id, **kw)
+    model = AutoModelForCausalLM.from_pretrained(cfg.id, dtype=dtype, **kw)
+    return LoadedModel(model.eval(), tok, cfg.name, "hf")
+
+
+def load_tokenizer(id_or_path: str | Path, **kw) -> PreTrainedTokenizerBase:
+    """A hub id through AutoTokenizer; a local directory by the class its files
+    declare. For a directory AutoTokenizer prefers the class transformers
+    registers for the model type beside it (mixtral: a `tokenizers` backend),
+    which cannot load a byte-level tokenizer saved next to a Mixtral-family MoE."""
+    config = Path(id_or_path) / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    cls = tokenizer_class_from_name(declared) if declared else None
+    return (cls or AutoTokenizer).from_pretrained(id_or_path, **kw)
+
+
+def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
+    from effbench.artifacts import verified_path
+    from effbench.store import open_store
+
+    record = open_store(cfg.store_url, read_only=True).get(cfg.run_id)
+    path = verified_path(record.artifact, record.id)
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return LoadedModel(model.eval(), tok, f"{record.model}+{record.technique}@{record.id[:8]}", "artifact")
+
+
+def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """`dtype` is the precision to load hub weights in; built-in models are
+    always initialised in fp32 (init schemes assume it) and cast by the technique."""
+    if cfg.source == "builtin":
+        return _build(cfg)
+    if cfg.source == "hf":
+        return _from_pretrained(cfg, dtype)
+    if cfg.source == "artifact":
+        return _from_artifact(cfg, dtype)
+    raise ValueError(f"model.source={cfg.source!r}; choose builtin, hf or artifact")
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Total, non-embedding, active (per token: MoE uses top-k experts), and
+    active non-embedding: the N of the 2·N·tokens / 6·N·tokens FLOP rules (the
+    LM head is a matmul and stays in, the input embedding is a lookup and is
+    left out, idle experts do no work)."""
+    from effbench.models.architectures.base import active_parameters, total_parameters
+
+    total = total_parameters(model)
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight is emb
+    non_embedding = total - (0 if tied else emb.numel())
+    active = active_parameters(model)
+    return {"total": total, "non_embedding": non_embedding, "active": active,
+            "active_non_embedding": non_embedding - (total - active)}

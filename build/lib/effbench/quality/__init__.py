@@ -1,0 +1,1 @@
+"""Quality beyond held-out perplexity: lm-eval tasks on the loaded model instance."""

@@ -1,0 +1,53 @@
+"""Run lm-eval tasks on a model instance and turn its results into metrics
+named `quality.<task>.<metric>`, each with lm-eval's `higher_is_better`."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from effbench.config.schema import QualityConfig
+from effbench.metrics.record import Metric, Source
+from effbench.quality.offline_tasks import ensure_offline_tasks
+
+
+def lm_eval_metrics(model: torch.nn.Module, tokenizer, cfg: QualityConfig, device: torch.device,
+                    seed: int = 0) -> list[Metric]:
+    if not cfg.tasks:
+        return []
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    include = [str(ensure_offline_tasks()), *([cfg.include_path] if cfg.include_path else [])]
+    manager = TaskManager(include_path=include)
+    unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"quality.tasks: unknown lm-eval task(s) {', '.join(unknown)}; offline suite: "
+                         "effbench_pydoc_mc, effbench_pydoc_ppl; or pass quality.include_path=DIR of task YAMLs")
+    # lm-eval encodes with the tokenizer's default special tokens. A tokenizer
+    # that appends EOS (the byte-level ByT5 one) would put an EOS between
+    # context and continuation and shift every continuation by one token:
+    # encode without special tokens there; keep the default (e.g. Llama's BOS) elsewhere.
+    appends_eos = tokenizer("a").input_ids[-1:] == [tokenizer.eos_token_id]
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, device=str(device),
+              add_bos_token=False if appends_eos else None)
+    out = simple_evaluate(model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
+                          task_manager=manager, log_samples=True, random_seed=seed, numpy_random_seed=seed,
+                          torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
+    metrics = []
+    for task, results in out["results"].items():
+        directions = out["higher_is_better"].get(task, {})
+        for key, value in results.items():
+            metric, _, _filter = key.partition(",")
+            # Results also hold aliases, stderr and sample counts: keep the task's declared metrics.
+            if metric not in directions or not isinstance(value, (int, float)):
+                continue
+            # Per-document scores where lm-eval logs a number per document (acc: 0/1), so
+            # the stored samples give a real confidence interval.
+            per_doc = [s[metric] for s in out["samples"].get(task, []) if isinstance(s.get(metric), (int, float))]
+            metrics.append(Metric(f"quality.{task}.{metric}", value, "", Source.ANALYTIC, per_doc or [value],
+                                  directions.get(metric), note=f"lm-eval {task}, {len(per_doc) or 'aggregate'} docs"))
+    return metrics

@@ -1,0 +1,1 @@
+"""effbench's Hydra launcher plugin: `hydra/launcher=gpu_pinned` (one GPU per job)."""

@@ -1,0 +1,1 @@
+"""effbench leaderboard: a read-only Streamlit site over the results store (`effbench leaderboard`)."""
