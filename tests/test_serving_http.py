@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from effbench.metrics.latency import RequestTiming
-from effbench.serving.capacity import SweepPoint, find_capacity, knee, sweep_point, wilson
+from effbench.serving.capacity import SweepPoint, find_capacity, http_measure, knee, sweep_point, wilson
 from effbench.serving.config import CapacityLoad, Endpoint, HttpServeConfig
 from effbench.serving.figures import http_serving_metrics, steady_energy
 from effbench.serving.http_load import HttpLoadResult, run_http_load
@@ -218,8 +218,8 @@ def test_server_cost_of_the_served_model(server, served_model):
 KINDS = ["ok", "http500", "stall", "not_json", "error_event", "cut"]
 
 
-def stub_app(stall_s=30.0, usage=True, step_s=0.01):
-    """An OpenAI-like server: request k (in arrival order) behaves as KINDS[k % 6];
+def stub_app(stall_s=30.0, usage=True, step_s=0.01, kinds=KINDS):
+    """An OpenAI-like server: request k (in arrival order) behaves as kinds[k % len(kinds)];
     every chunk holds "ab" (two tokens when a token is a character)."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -233,7 +233,7 @@ def stub_app(stall_s=30.0, usage=True, step_s=0.01):
 
     @app.post("/v1/completions")
     async def completions(body: dict):
-        kind = KINDS[next(counter) % len(KINDS)]
+        kind = kinds[next(counter) % len(kinds)]
         if kind == "http500":
             return JSONResponse({"error": "boom"}, status_code=500)
 
@@ -572,6 +572,18 @@ def test_undecided_loads_count_as_misses_and_an_unbracketed_search_says_so():
         cap.metric()
     cap = find_capacity(simulated(lambda r: 1.0), start=1, max_load=4, target=0.9)
     assert cap.load == 4 and not cap.bracketed and "never bracketed" in cap.how
+
+
+def test_capacity_search_drives_a_server_through_http_measure():
+    with serving(stub_app(kinds=["ok"])) as url:
+        client = OpenAIStreamClient(url, len)
+        measure = http_measure(client, STUB_PROMPT, 2, {"e2e_s": 10.0}, CapacityLoad.concurrency,
+                               requests_per_look=16, seed=0)
+        cap = find_capacity(measure, kind=CapacityLoad.concurrency, start=1, max_load=4, target=0.8)
+    # 16 of 16 meet the SLO at every load: Wilson low end 16 / (16 + 1.96²) = 0.806 ≥ 0.8.
+    assert [(look.load, look.n, look.good, look.verdict) for look in cap.looks] == [
+        (1, 16, 16, "meets"), (2, 16, 16, "meets"), (4, 16, 16, "meets")]
+    assert cap.load == 4 and not cap.bracketed
 
 
 def test_config_shape_composes_with_omegaconf():

@@ -47,6 +47,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _temporary_log() -> Path:
+    fd, name = tempfile.mkstemp(prefix="effbench-server-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
 def render_command(command: str | list[str], **values: str) -> list[str]:
     """The argument list, placeholders filled; a string is split like a shell would."""
     args = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
@@ -67,7 +73,7 @@ class ManagedServer:
         self.host, self.port = host, port or free_port(host)
         self.args = render_command(command, python=sys.executable, model=str(model), host=host, port=str(self.port))
         self.ready_timeout_s, self.ready_path, self.grace_s = ready_timeout_s, ready_path, grace_s
-        self.log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="effbench-server-", suffix=".log")[1])
+        self.log_path = Path(log) if log else _temporary_log()
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 

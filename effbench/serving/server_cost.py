@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import time
 from collections.abc import Callable
 
@@ -44,15 +45,19 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 class ProcessTree:
-    """A process and its descendants, read together once per poll. CPU time of
-    the window: per process, the last reading minus the first (0 for one born
-    in the window); a process that ends in the window keeps its last reading."""
+    """A process and its descendants, read together once per poll. Membership
+    is refreshed every `refresh_s` (finding descendants scans every process on
+    the host, ~7 ms here), the known processes are read at every poll. CPU time
+    of the window: per process, the last reading minus the first (0 for one
+    born in the window); a process that ends in the window keeps its last reading."""
 
-    def __init__(self, pid: int):
-        self.pid = pid
+    def __init__(self, pid: int, refresh_s: float = 1.0):
+        self.pid, self.refresh_s = pid, refresh_s
         self.root = psutil.Process(pid)
         self.rss = 0.0
         self.seen: set[int] = set()
+        self._procs: list[psutil.Process] = []
+        self._refreshed = -math.inf
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._window_start = 0.0
@@ -61,16 +66,23 @@ class ProcessTree:
         self._first.clear()
         self._last.clear()
         self.seen.clear()
+        self._refreshed = -math.inf
         self._window_start = time.time()
+
+    def _members(self) -> list[psutil.Process]:
+        now = time.monotonic()
+        if now - self._refreshed >= self.refresh_s:
+            try:
+                self._procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                self._procs = []
+            self._refreshed = now
+        return self._procs
 
     def poll(self) -> float:
         """Read every process of the tree; returns the RSS sum (and keeps CPU readings)."""
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
         rss = 0
-        for p in procs:
+        for p in self._members():
             try:
                 rss += p.memory_info().rss
                 cpu = process_cpu_seconds(p.pid)
