@@ -303,6 +303,22 @@ def test_failed_requests_are_stored_with_their_error_and_counted():
     assert got["serve.error_rate"] == pytest.approx(10 / 12)
 
 
+def test_the_measured_window_holds_the_load_and_not_the_warm_up():
+    edges = []
+
+    @contextmanager
+    def window():
+        edges.append(time.perf_counter())
+        yield
+        edges.append(time.perf_counter())
+
+    with serving(stub_app(kinds=["ok"])) as url:
+        run = run_http_load(OpenAIStreamClient(url, len), ClosedLoop(2, 4), STUB_PROMPT, 3, warmup=2, window=window)
+    opened, closed = edges
+    assert len(run.warmup) == 2 and len(run.results) == 4 and run.failed_count == 0
+    assert max(r.done for r in run.warmup) <= opened <= run.start and run.end <= closed
+
+
 def test_without_usage_tokens_are_counted_by_the_tokenizer():
     with serving(stub_app(usage=False)) as url:
         run = run_http_load(OpenAIStreamClient(url, len), ClosedLoop(1, 1), STUB_PROMPT, 5)

@@ -7,6 +7,8 @@ the figures."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from effbench.metrics.latency import RequestTiming
@@ -60,11 +62,10 @@ class HttpLoadResult:
         return [r.arrival - self.start for r in self.results]
 
 
-async def drive_http(client: OpenAIStreamClient, load: Load, prompts: list[Prompt], max_tokens: int,
-                     warmup: int = 0) -> HttpLoadResult:
+async def drive_http(client: OpenAIStreamClient, load: Load, prompts: list[Prompt], max_tokens: int
+                     ) -> HttpLoadResult:
     """Request i sends prompts[i % len(prompts)] with max_tokens; the client
     must be open (`async with client`)."""
-    warm = await _warm_up(client, prompts, max_tokens, warmup)
     clock = client.clock
     t0 = clock() + _LEAD_S
     results: list[StreamedRequest | None] = []
@@ -89,7 +90,7 @@ async def drive_http(client: OpenAIStreamClient, load: Load, prompts: list[Promp
         pending -= done
         for task in done:
             task.result()  # a bug in the driver must not pass silently
-    return HttpLoadResult(results, t0, max(r.done for r in results), warm)
+    return HttpLoadResult(results, t0, max(r.done for r in results))
 
 
 async def _warm_up(client: OpenAIStreamClient, prompts: list[Prompt], max_tokens: int, count: int
@@ -107,16 +108,21 @@ async def _warm_up(client: OpenAIStreamClient, prompts: list[Prompt], max_tokens
 
 
 def run_http_load(client: OpenAIStreamClient, load: Load, prompts: list[Prompt], max_tokens: int,
-                  warmup: int = 0) -> HttpLoadResult:
-    """Check the server is up (ServerUnavailable naming its URL if not), then
-    warm up and run the load in a fresh event loop. A client without a model
-    name asks for the first model the server lists."""
+                  warmup: int = 0, window: Callable[[], AbstractContextManager] = nullcontext) -> HttpLoadResult:
+    """Check the server is up (ServerUnavailable naming its URL if not), warm
+    up, then run the load inside `window()` (e.g. MeasuredWindow.measure, so
+    trackers see the load and not the warm-up), in a fresh event loop. A
+    client without a model name asks for the first model the server lists."""
     models = check_server(client.url)
     if client.model is None and models:
         client.model = models[0]
 
     async def main() -> HttpLoadResult:
         async with client:
-            return await drive_http(client, load, prompts, max_tokens, warmup)
+            warm = await _warm_up(client, prompts, max_tokens, warmup)
+            with window():
+                run = await drive_http(client, load, prompts, max_tokens)
+            run.warmup = warm
+            return run
 
     return asyncio.run(main())

@@ -153,9 +153,7 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
 
 
 class _Failed(Exception):
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
+    """What the server did wrong; stored as the request's error."""
 
 
 class OpenAIStreamClient:
@@ -208,7 +206,7 @@ class OpenAIStreamClient:
                     r.status = response.status_code
                     if response.status_code != 200:
                         detail = (await response.aread()).decode(errors="replace")[:300]
-                        raise _Failed(f"HTTP {response.status_code}: {detail}", response.status_code)
+                        raise _Failed(f"HTTP {response.status_code}: {detail}")
                     async for data in _sse_data(response):
                         if data.strip() == "[DONE]":
                             break
