@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from effbench.errors import ConfigError
 from effbench.metrics.latency import RequestTiming
 from effbench.serving.config import Endpoint
 from effbench.serving.prompts import Prompt
@@ -42,8 +43,8 @@ class ServingError(RuntimeError):
     """A server that cannot be benchmarked (not up, failed to start, failing every warm-up request)."""
 
 
-class ServerUnavailable(ServingError):
-    pass
+class ServerUnavailable(ServingError, ConfigError):
+    """Nothing OpenAI-compatible answers at the URL: bad input (exit 2)."""
 
 
 def server_root(url: str) -> str:
