@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from effbench.metrics.latency import RequestTiming
-from effbench.serving.load import ClosedLoop, OpenLoop
+from effbench.serving.load import Load
 
 # Serves the given request indices as one batch; returns the clock time at
 # which each output step's tokens existed (the same for every request in it).
@@ -22,13 +22,14 @@ class LoadResult:
     batch_sizes: list[int]  # of every batch the server ran
     start: float  # the load's time zero (first arrival)
     end: float  # last completion
+    failed_count: int = 0  # in-process a request cannot fail without failing the run
 
     @property
     def duration_s(self) -> float:
         return self.end - self.start
 
 
-def drive(load: OpenLoop | ClosedLoop, server: Server, max_batch_size: int,
+def drive(load: Load, server: Server, max_batch_size: int,
           clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> LoadResult:
     """First come, first served: whenever the server is free it takes up to
     max_batch_size requests that have arrived, or waits for the next arrival."""

@@ -7,6 +7,7 @@ arrival a completion triggers. Times are seconds from the start of the load.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -20,6 +21,14 @@ def poisson_offsets(rate: float, count: int, seed: int) -> list[float]:
     g = torch.Generator().manual_seed(seed)
     gaps = torch.empty(max(count - 1, 0), dtype=torch.float64).exponential_(rate, generator=g)
     return [0.0, *torch.cumsum(gaps, 0).tolist()][:count]
+
+
+class Load(Protocol):
+    def first_arrivals(self) -> list[float]:
+        """Arrival offsets known at the start (resets a closed loop's count)."""
+
+    def on_complete(self, t: float) -> list[float]:
+        """Arrivals that the completion of a request at offset t triggers."""
 
 
 @dataclass
@@ -55,12 +64,38 @@ class ClosedLoop:
         return [t]
 
 
+@dataclass
+class Waves:
+    """`batch_size` requests at once, the next wave when the whole wave has been
+    answered, until `total` have been sent. In-process the harness serves each
+    wave as one static batch; over HTTP the server may batch as it likes."""
+
+    batch_size: int
+    total: int
+    _sent: int = field(default=0, init=False)
+    _open: int = field(default=0, init=False)
+
+    def _wave(self, t: float) -> list[float]:
+        n = min(self.batch_size, self.total - self._sent)
+        self._sent += n
+        self._open = n
+        return [t] * n
+
+    def first_arrivals(self) -> list[float]:
+        self._sent = 0
+        return self._wave(0.0)
+
+    def on_complete(self, t: float) -> list[float]:
+        self._open -= 1
+        return self._wave(t) if self._open == 0 else []
+
+
 def make_load(profile: str, *, num_requests: int, batch_size: int, concurrency: int, rate: float, seed: int
-              ) -> OpenLoop | ClosedLoop:
-    """A fresh load (closed loops count what they sent). `batch` is a closed
-    loop of batch_size clients, served batch_size at a time (see batch_cap)."""
+              ) -> Load:
+    """A fresh load (closed loops count what they sent). `batch` sends waves of
+    batch_size, served batch_size at a time in-process (see batch_cap)."""
     if profile == "batch":
-        return ClosedLoop(batch_size, num_requests)
+        return Waves(batch_size, num_requests)
     if profile == "concurrency":
         return ClosedLoop(concurrency, num_requests)
     if profile == "poisson":
