@@ -226,3 +226,38 @@ def test_moe_training_flops_match_the_dense_model_of_equal_active_width(tiny_cfg
     assert counted["mixtral"] == pytest.approx(counted["llama"], rel=0.05)
     # The N of the 6·N·tokens rule counts the two active experts only, as the counter does.
     assert flop_n["mixtral"] == pytest.approx(flop_n["llama"], rel=0.01)
+
+
+class _FakeNvml:
+    """A GPU whose energy counter and power reading the test controls."""
+
+    def __init__(self):
+        self.energy_j, self.watts = 1000.0, 50.0
+
+    def total_energy_j(self):
+        return self.energy_j
+
+    def power_w(self):
+        return self.watts
+
+
+def test_energy_source_is_per_window_and_the_metric_takes_the_weakest(monkeypatch):
+    from effbench.metrics import energy
+
+    monkeypatch.setattr(energy.time, "sleep", lambda s: None)
+    gpu = _FakeNvml()
+    tracker = energy.NvmlEnergyTracker(gpu, tokens_per_window=4)
+    # A long window read by the counter: 30 J.
+    monkeypatch.setattr(energy, "_NVML_COUNTER_MIN_WINDOW_S", 0.0)
+    tracker.begin()
+    gpu.energy_j += 30.0
+    tracker.end(0.3)
+    # A window too short for the counter: power × time instead.
+    monkeypatch.setattr(energy, "_NVML_COUNTER_MIN_WINDOW_S", 10.0)
+    tracker.begin()
+    tracker.end(0.01)
+    assert [s for s, _ in tracker.window_sources] == [Source.COUNTER, Source.SAMPLED]
+    joules = {m.name: m for m in tracker.metrics()}["energy.joules"]
+    assert joules.samples[0] == 30.0
+    assert joules.source is Source.SAMPLED  # the weakest of its windows
+    assert "1 of 2 windows" in joules.note and "counter" in joules.note and "sampled" in joules.note

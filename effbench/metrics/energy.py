@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -24,42 +25,57 @@ _RAPL_ROOT = Path("/sys/class/powercap")
 _NVML_COUNTER_MIN_WINDOW_S = 0.1  # NVML's energy counter updates about every 100 ms
 
 
-class EnergyTracker:
-    """Shared bookkeeping; subclasses implement `_read_window() -> joules` and idle power."""
+# Weakest last: a figure summed over windows is only as good as its weakest window.
+_STRENGTH = [Source.COUNTER, Source.SAMPLED, Source.ESTIMATED]
 
-    source: Source
-    how: str
+
+class EnergyTracker:
+    """Shared bookkeeping; subclasses implement `begin` and `_stop_reading() -> (joules, source, how)`.
+    Each window keeps its own source: a short window read by sampling does not relabel the
+    counter readings of the others, and the metric says the weakest source of its windows."""
 
     def __init__(self, tokens_per_window: int | None = None):
         self.tokens_per_window = tokens_per_window
         self.joules: list[float] = []
         self.seconds: list[float] = []
-        self.idle_power_w = self._idle_power()
+        self.window_sources: list[tuple[Source, str]] = []
+        self.idle_power_w, self._idle_how = self._idle_power()
 
-    def _idle_power(self, seconds: float = 0.5) -> float:
+    def _idle_power(self, seconds: float = 0.5) -> tuple[float, tuple[Source, str]]:
         self.begin()
         time.sleep(seconds)
-        joules = self._stop_reading()
-        return joules / seconds
+        joules, source, how = self._stop_reading()
+        return joules / seconds, (source, how)
 
     def begin(self) -> None:
         raise NotImplementedError
 
-    def _stop_reading(self) -> float:
+    def _stop_reading(self) -> tuple[float, Source, str]:
         raise NotImplementedError
 
     def end(self, elapsed_s: float) -> None:
-        self.joules.append(self._stop_reading())
+        joules, source, how = self._stop_reading()
+        self.joules.append(joules)
         self.seconds.append(elapsed_s)
+        self.window_sources.append((source, how))
+
+    def _label(self) -> tuple[Source, str]:
+        """The weakest source of the windows, and how each kind of window was read."""
+        src = max((s for s, _ in self.window_sources), key=_STRENGTH.index)
+        kinds = Counter(how for _, how in self.window_sources)
+        n = len(self.window_sources)
+        how = "; ".join(f"{h} ({c} of {n} windows)" if len(kinds) > 1 else h for h, c in kinds.items())
+        return src, how
 
     def metrics(self) -> list[Metric]:
-        src, how = self.source, self.how
+        src, how = self._label()
         power = [j / s for j, s in zip(self.joules, self.seconds)]
         dynamic = [j - self.idle_power_w * s for j, s in zip(self.joules, self.seconds)]
         out = [
             from_samples("energy.joules", self.joules, src, how),
             from_samples("energy.avg_power_w", power, src, how),
-            make_metric("energy.idle_power_w", self.idle_power_w, src, note=f"{how}; 0.5 s idle before the run"),
+            make_metric("energy.idle_power_w", self.idle_power_w, self._idle_how[0],
+                        note=f"{self._idle_how[1]}; 0.5 s idle before the run"),
             from_samples("energy.dynamic_joules", dynamic, src, f"{how}; minus idle power × time"),
         ]
         if self.tokens_per_window:
@@ -77,7 +93,6 @@ class NvmlEnergyTracker(EnergyTracker):
         self._sampler = PollingSampler({"power": nvml.power_w}, 0.02)
         self._e0: float | None = None
         self._t0 = 0.0
-        self.source, self.how = Source.COUNTER, "NVML total energy counter"
         super().__init__(tokens_per_window)
 
     def begin(self) -> None:
@@ -85,15 +100,14 @@ class NvmlEnergyTracker(EnergyTracker):
         self._e0 = self._nvml.total_energy_j()
         self._t0 = time.perf_counter()
 
-    def _stop_reading(self) -> float:
+    def _stop_reading(self) -> tuple[float, Source, str]:
         e1 = self._nvml.total_energy_j()
         dt = time.perf_counter() - self._t0
         self._sampler.stop()
         if self._e0 is not None and e1 is not None and dt >= _NVML_COUNTER_MIN_WINDOW_S:
-            return e1 - self._e0
+            return e1 - self._e0, Source.COUNTER, "NVML total energy counter"
         # The counter is missing or too coarse for this window: integrate sampled power.
-        self.source, self.how = Source.SAMPLED, "NVML power sampled every 20 ms × time"
-        return self._sampler.time_mean("power") * dt
+        return self._sampler.time_mean("power") * dt, Source.SAMPLED, "NVML power sampled every 20 ms × time"
 
 
 class RaplEnergyTracker(EnergyTracker):
@@ -101,7 +115,6 @@ class RaplEnergyTracker(EnergyTracker):
         self._zones = zones
         self._max = [int((z / "max_energy_range_uj").read_text()) for z in zones]
         self._e0: list[int] = []
-        self.source, self.how = Source.COUNTER, f"RAPL package counters ({len(zones)} zones)"
         super().__init__(tokens_per_window)
 
     def _read(self) -> list[int]:
@@ -110,11 +123,11 @@ class RaplEnergyTracker(EnergyTracker):
     def begin(self) -> None:
         self._e0 = self._read()
 
-    def _stop_reading(self) -> float:
+    def _stop_reading(self) -> tuple[float, Source, str]:
         total = 0
         for e0, e1, top in zip(self._e0, self._read(), self._max):
             total += e1 - e0 if e1 >= e0 else e1 + top - e0  # the counter wraps at max range
-        return total / 1e6
+        return total / 1e6, Source.COUNTER, f"RAPL package counters ({len(self._zones)} zones)"
 
 
 @cache
@@ -139,16 +152,16 @@ class CodecarbonEnergyTracker(EnergyTracker):
         self._tracker = _codecarbon()
         self._tracker.start_task("effbench-warmup")  # pay the first-task cost outside any window
         self._tracker.stop_task()
-        self.source = Source.ESTIMATED
-        self.how = "codecarbon estimate (no energy counter readable): CPU TDP/thread model × process load + RAM model"
         super().__init__(tokens_per_window)
 
     def begin(self) -> None:
         self._tracker.start_task("effbench-window")
 
-    def _stop_reading(self) -> float:
+    def _stop_reading(self) -> tuple[float, Source, str]:
         data = self._tracker.stop_task()
-        return float(data.energy_consumed) * 3.6e6  # kWh → J
+        return (float(data.energy_consumed) * 3.6e6,  # kWh → J
+                Source.ESTIMATED,
+                "codecarbon estimate (no energy counter readable): CPU TDP/thread model × process load + RAM model")
 
 
 def _rapl_zones() -> list[Path]:
