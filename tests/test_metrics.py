@@ -164,7 +164,8 @@ def test_rapl_reads_counters_and_handles_wraparound(tmp_path, cpu):
     assert tracker.idle_power_w == 0  # the counter did not move while idle
     tracker.begin()
     (zone / "energy_uj").write_text("100000")  # wrapped: 0.1 J to the top, 0.1 J after
-    assert tracker._stop_reading() == pytest.approx(0.2)
+    joules, source, _ = tracker._stop_reading()
+    assert joules == pytest.approx(0.2) and source is Source.COUNTER
 
 
 def test_window_stops_trackers_when_the_workload_raises(cpu):
