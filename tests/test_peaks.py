@@ -89,10 +89,12 @@ def test_clock_sources_in_order_of_trust():
     assert base.hz == 2.5e9 and not base.upper_bound and "not a proven upper bound" in base.source
 
 
-def test_a_bad_pinned_clock_names_the_variable(monkeypatch):
+def test_a_bad_pinned_clock_names_its_source(monkeypatch):
     monkeypatch.setenv(peaks.CPU_MAX_GHZ_ENV, "fast")
     with pytest.raises(ValueError, match=peaks.CPU_MAX_GHZ_ENV):
         theoretical_peak(torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="hardware.cpu_max_ghz"):
+        theoretical_peak(torch.device("cpu"), torch.float32, cpu_max_ghz=3700)  # MHz, not GHz
 
 
 def test_pinned_clock_sets_this_cpus_peak(monkeypatch):
@@ -111,6 +113,14 @@ def test_theoretical_bounds_achievable_on_this_cpu(dtype):
     theoretical = theoretical_peak(cpu, dtype)
     assert 0 < achievable.flops_per_s <= theoretical.flops_per_s
     assert achievable.source is Source.TIMER and theoretical.source is Source.ANALYTIC
+
+
+def test_a_long_achievable_probe_times_fewer_rows_and_says_so():
+    t0 = time.perf_counter()
+    peak = achievable_peak(torch.device("cpu"), torch.float32, [(1024, 1024)], tokens=200_000, budget_s=0.2)
+    assert time.perf_counter() - t0 < 3  # a full pass alone would take seconds
+    rows = int(re.search(r"over 200000 tokens \(timed at (\d+):", peak.note).group(1))
+    assert 32 <= rows < 200_000 and peak.flops_per_s > 0
 
 
 @pytest.mark.parametrize("name, label", [
@@ -220,7 +230,7 @@ def test_achievable_peak_is_cached_per_dtype_shapes_threads_and_torch(monkeypatc
 
     def fake_rate(device, dtype, shapes, tokens, budget_s):
         calls.append((dtype, tuple(shapes), tokens))
-        return {"flops_per_s": 1e9 * len(calls), "others_load": 0.0}
+        return {"flops_per_s": 1e9 * len(calls), "rows": tokens, "full_pass_s": 0.0, "others_load": 0.0}
 
     monkeypatch.setattr(peaks, "_best_linear_rate", fake_rate)
     cpu = torch.device("cpu")
@@ -242,7 +252,7 @@ def test_achievable_peak_is_cached_per_dtype_shapes_threads_and_torch(monkeypatc
 
 def test_a_probe_on_a_busy_machine_is_not_kept(monkeypatch):
     monkeypatch.setattr(peaks, "_best_linear_rate",
-                        lambda *a: {"flops_per_s": 1e9, "others_load": 0.5})
+                        lambda *a: {"flops_per_s": 1e9, "rows": 4, "full_pass_s": 0.0, "others_load": 0.5})
     first = achievable_peak(torch.device("cpu"), torch.float32, [(8, 16)], 4)
     assert "took 50% of the cores" in first.note and "not cached" in first.note
     assert not achievable_peak(torch.device("cpu"), torch.float32, [(8, 16)], 4).note.count("cached, measured")

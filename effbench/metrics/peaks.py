@@ -164,17 +164,19 @@ def cpu_peak(cpu: CpuDescription, cores: int, clock: Clock, dtype: torch.dtype) 
 
 
 def _pinned_ghz(cpu_max_ghz: float | None) -> float | None:
+    """The max clock the caller (config) or the environment pins, validated; None when neither does."""
     if cpu_max_ghz is not None:
-        return cpu_max_ghz
-    text = os.environ.get(CPU_MAX_GHZ_ENV)
-    if not text:
+        where, text = "hardware.cpu_max_ghz", cpu_max_ghz
+    else:
+        where, text = CPU_MAX_GHZ_ENV, os.environ.get(CPU_MAX_GHZ_ENV) or None
+    if text is None:
         return None
     try:
         ghz = float(text)
     except ValueError:
         ghz = 0.0
-    if ghz <= 0:
-        raise ValueError(f"{CPU_MAX_GHZ_ENV}={text!r}: expected the CPU's max boost clock in GHz, e.g. 3.7")
+    if not 0 < ghz < 100:
+        raise ValueError(f"{where}={text!r}: expected the CPU's max boost clock in GHz, e.g. 3.7")
     return ghz
 
 
@@ -250,25 +252,39 @@ def linear_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
 
 def _best_linear_rate(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int]], tokens: int,
                       budget_s: float) -> dict:
-    xs = [torch.randn(tokens, i, device=device).to(dtype) for i, _ in shapes]
-    ws = [torch.randn(o, i, device=device).to(dtype) for i, o in shapes]
-    flops = sum(2 * tokens * i * o for i, o in shapes)
+    # Constant operands: GEMM time does not depend on the values, and filling is much faster than
+    # drawing random numbers for the large weights of a big model.
+    ws = [torch.full((o, i), 0.5, device=device, dtype=dtype) for i, o in shapes]
 
-    def one_pass() -> None:
+    def one_pass(xs: list[torch.Tensor]) -> float:
+        synchronize(device)
+        t0 = time.perf_counter()
         for x, w in zip(xs, ws):
             torch.nn.functional.linear(x, w)
+        synchronize(device)
+        return time.perf_counter() - t0
+
+    def inputs(rows: int) -> list[torch.Tensor]:
+        return [torch.full((rows, i), 0.5, device=device, dtype=dtype) for i, _ in shapes]
 
     with torch.inference_mode(), others_load(device) as load:
-        one_pass()  # warm-up: kernel selection and first touch of the outputs
-        best = float("inf")
+        # A full pass of a large model at a slow dtype can take seconds: time a few rows first and, if
+        # a full pass would take over a quarter of the budget, time fewer rows (the note says so).
+        rows = min(tokens, 32)
+        xs = inputs(rows)
+        one_pass(xs)  # warm-up: kernel selection and first touch of the outputs
+        best = one_pass(xs)
+        full_s = best * tokens / rows
+        target = tokens if full_s <= budget_s / 4 else max(rows, int(tokens * budget_s / 4 / full_s))
+        if target > rows:
+            rows, xs = target, inputs(target)
+            one_pass(xs)
+            best = one_pass(xs)
         deadline = time.perf_counter() + budget_s
-        while best == float("inf") or time.perf_counter() < deadline:
-            synchronize(device)
-            t0 = time.perf_counter()
-            one_pass()
-            synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-    return {"flops_per_s": flops / best, "others_load": load.others}
+        while time.perf_counter() < deadline:
+            best = min(best, one_pass(xs))
+    flops = sum(2 * rows * i * o for i, o in shapes)
+    return {"flops_per_s": flops / best, "rows": rows, "full_pass_s": full_s, "others_load": load.others}
 
 
 def achievable_peak(device: torch.device, dtype: torch.dtype, shapes: Sequence[tuple[int, int]], tokens: int,
@@ -285,7 +301,9 @@ def achievable_peak(device: torch.device, dtype: torch.dtype, shapes: Sequence[t
     listed = ", ".join(f"{i}→{o}" for i, o in shapes[:8])
     if len(shapes) > 8:
         listed += f" and {len(shapes) - 8} more"
-    note = (f"best pass of torch.nn.functional.linear over {tokens} tokens × [{listed}] at "
+    rows = got.value["rows"]
+    fewer = "" if rows == tokens else f" (timed at {rows}: a full pass would take ≈ {got.value['full_pass_s']:.1f} s)"
+    note = (f"best pass of torch.nn.functional.linear over {tokens} tokens{fewer} × [{listed}] at "
             f"{key['dtype']}, {threads} threads, {budget_s} s of repeats"
             + ("" if others is None else f"; other processes took {others:.0%} of the cores meanwhile")
             + f" ({got.note()})")
