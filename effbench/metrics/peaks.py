@@ -73,9 +73,14 @@ _NARROW_FMA = (
 # Max boost clocks for CPUs that report no maximum clock (VMs without cpufreq): the highest max boost
 # of any part of the line, so the bound holds whichever part this is.
 _MAX_BOOST = (
+    _Cores("AMD EPYC 7002 (Rome, Zen 2)", "AuthenticAMD", 0x17, range(0x30, 0x40), brand="EPYC", max_boost_ghz=3.9,
+           source="EPYC 7F52 and 7F32 boost to 3.9 GHz, the highest of the 7002 series (AMD launch specifications)"),
+    _Cores("AMD EPYC 7003 (Milan, Zen 3)", "AuthenticAMD", 0x19, range(0x00, 0x10), brand="EPYC", max_boost_ghz=4.1,
+           source="EPYC 72F3 boosts to 4.1 GHz, the highest of the 7003 series (AMD's 7003 line-up, as tabled in "
+                  "AnandTech's Milan review)"),
     _Cores("AMD EPYC 9004 (Genoa, Zen 4)", "AuthenticAMD", 0x19, range(0x10, 0x20), brand="EPYC", max_boost_ghz=4.4,
-           source="AMD EPYC 9174F product specifications (amd.com): max boost 4.4 GHz, the highest of the 9004 "
-                  "series; family 19h model 10h-1Fh is Genoa"),
+           source="EPYC 9174F boosts to 4.4 GHz, the highest of the 9004 series (amd.com product specifications); "
+                  "family 19h model 10h-1Fh is Genoa"),
 )
 
 
