@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
