@@ -3,9 +3,11 @@ software description stored with every run (SPEC §4)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -46,6 +48,94 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_physical_cores() -> int:
+    """Physical cores under this process's affinity: SMT siblings share one core's vector units,
+    so a peak counts cores, not logical CPUs. Falls back to the logical count without sysfs topology."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(cpu_cores())
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            return cpu_cores()
+    return len(cores)
+
+
+@cache
+def cpu_signature() -> str:
+    """Short hash of the first /proc/cpuinfo block (brand, family, model, stepping, flags) without the
+    moving clock line: two hosts that answer alike run the same derivation, so probes cached on one
+    serve the other, and a change of any of these invalidates them."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+        text = "\n".join(line for line in block.splitlines() if not line.startswith("cpu MHz"))
+    except OSError:
+        text = f"{platform.processor()}|{platform.machine()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CpuDescription:
+    """What a CPU peak derivation needs, read by py-cpuinfo (CPUID on x86)."""
+
+    arch: str  # py-cpuinfo's arch, e.g. "X86_64", "ARM_8"
+    vendor: str  # CPUID vendor id, e.g. "AuthenticAMD", "GenuineIntel"
+    family: int
+    model: int
+    brand: str
+    flags: tuple[str, ...]
+    nominal_hz: float  # py-cpuinfo hz_advertised: the clock in the brand string, else the kernel's "cpu MHz"
+
+    @classmethod
+    def read(cls) -> CpuDescription:
+        import cpuinfo  # slow (runs CPUID in a child process): callers cache the result
+
+        info = cpuinfo.get_cpu_info()
+        if not info.get("arch"):
+            raise RuntimeError("py-cpuinfo returned no CPU description")
+        return cls(arch=info["arch"], vendor=info.get("vendor_id_raw", ""), family=int(info.get("family", 0)),
+                   model=int(info.get("model", 0)), brand=info.get("brand_raw", ""),
+                   flags=tuple(sorted(info.get("flags", []))), nominal_hz=float(info.get("hz_advertised", [0])[0]))
+
+
+@dataclass(frozen=True)
+class CpufreqLimit:
+    """The kernel's cpufreq ceiling, and whether it can be trusted as the maximum clock."""
+
+    hz: float
+    driver: str
+    boost_beyond: bool  # acpi-cpufreq with boost on reports the base clock: the CPU runs above it
+
+
+def cpufreq_limit() -> CpufreqLimit | None:
+    """psutil's max frequency (cpufreq scaling_max_freq); None where the kernel exposes no cpufreq (VMs)."""
+    freq = psutil.cpu_freq()
+    if not freq or not freq.max:
+        return None
+    driver = _read_sysfs("/sys/devices/system/cpu/cpu0/cpufreq/scaling_driver")
+    boost = _read_sysfs("/sys/devices/system/cpu/cpufreq/boost") == "1"
+    return CpufreqLimit(freq.max * 1e6, driver, boost and driver == "acpi-cpufreq")
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the highest cache level seen by cpu0 (sysfs); None where the kernel does not say."""
+    best_level, size = 0, None
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        level, text = _read_sysfs(index / "level"), _read_sysfs(index / "size")
+        if level.isdigit() and text[:-1].isdigit() and int(level) >= best_level:
+            scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1], 1)
+            best_level, size = int(level), int(text[:-1]) * scale
+    return size
+
+
+def _read_sysfs(path) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 def describe_hardware(device: torch.device) -> dict:

@@ -79,19 +79,61 @@ def test_cpu_sdpa_is_counted_not_zero():
     assert counted == 2 * 2 * 4 * 64 * 64 * 32
 
 
-def test_compute_tracker_mfu_is_flops_over_time_over_peak(cpu):
-    tracker = ComputeTracker(cpu, torch.float32, flops_per_window=10**9, flops_analytic=10**9)
+def test_compute_tracker_mfu_is_flops_over_time_over_peak(cpu, tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFBENCH_CACHE_DIR", str(tmp_path))
+    tracker = ComputeTracker(cpu, torch.float32, flops_per_window=10**9, flops_analytic=10**9,
+                             linear_shapes=[(128, 344), (344, 128)], tokens=64)
     window = MeasuredWindow([tracker], cpu)
-    with window.measure():  # ≥ 0.5 s: CPU times tick every 10 ms, a short window would round PCU past 1
+    with window.measure():
         a = torch.randn(512, 512)
-        deadline = time.perf_counter() + 0.5
+        deadline = time.perf_counter() + 0.2
         while time.perf_counter() < deadline:
             a @ a
     m = {x.name: x for x in tracker.metrics()}
-    expected = 10**9 / window.elapsed_s[0] / tracker.peak.flops_per_s
-    assert m["compute.mfu"].value == pytest.approx(expected)
-    assert 0 < m["compute.pcu"].value <= 1.05  # CPU time over wall × cores
-    assert m["compute.peak_flops_per_s"].source is Source.TIMER  # calibrated on a CPU
+    achieved = 10**9 / window.elapsed_s[0]
+    assert m["compute.mfu"].value == pytest.approx(achieved / tracker.peak.flops_per_s)
+    assert m["compute.mfu_achievable"].value == pytest.approx(achieved / tracker.achievable.flops_per_s)
+    assert 0 < m["compute.pcu"].value <= 1.001  # CPU time over wall × cores
+    assert m["compute.peak_flops_per_s"].source is Source.ANALYTIC  # cores × clock × FLOP/cycle
+    assert m["compute.achievable_peak_flops_per_s"].source is Source.TIMER
+    assert m["compute.peak_flops_per_s"].value >= m["compute.achievable_peak_flops_per_s"].value
+    assert "128→344, 344→128" in m["compute.achievable_peak_flops_per_s"].note
+
+
+def _busy_python(seconds):
+    """One thread spinning in Python; returns that thread's own CPU time."""
+    t0, deadline = time.thread_time(), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+    return time.thread_time() - t0
+
+
+def test_pcu_of_one_busy_thread_is_its_cpu_time_over_all_cores(cpu):
+    from effbench.hardware import cpu_cores
+
+    tracker = ComputeTracker(cpu, torch.float32)  # no FLOPs: PCU only
+    window = MeasuredWindow([tracker], cpu)
+    own = []
+    time.sleep(0.5)  # torch's idle OpenMP workers spin a while after a parallel region: let them sleep
+    for _ in range(10):  # 20 ms windows: 10 ms CPU-time ticks would read 0.5 or 1.0 here
+        with window.measure():
+            own.append(_busy_python(0.02))
+    for pcu, thread_s, wall_s in zip(tracker.pcu, own, window.elapsed_s):
+        assert pcu <= 1 / cpu_cores() + 0.01  # one thread fills one of the cores at most
+        assert pcu == pytest.approx(thread_s / (wall_s * cpu_cores()), abs=0.02)  # the thread is the process
+
+
+def test_pcu_of_short_busy_windows_never_exceeds_one(cpu):
+    tracker = ComputeTracker(cpu, torch.float32)
+    window = MeasuredWindow([tracker], cpu)
+    a = torch.randn(384, 384)
+    for _ in range(20):
+        with window.measure():
+            deadline = time.perf_counter() + 0.015
+            while time.perf_counter() < deadline:
+                a @ a  # torch's intra-op threads on every core
+    assert max(tracker.pcu) <= 1.001
+    assert tracker.metrics()[0].source is Source.TIMER
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
+from collections.abc import Callable, Sequence
 
-import psutil
 import torch
 from torch.utils import flop_counter
 
-from effbench.hardware import cpu_cores, synchronize
+from effbench.hardware import cpu_cores
 from effbench.metrics.catalog import from_samples, make_metric
 from effbench.metrics.nvml import NvmlDevice
+from effbench.metrics.peaks import NoTheoreticalPeak, Peak, achievable_peak, theoretical_peak
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.sampler import PollingSampler
 
@@ -72,103 +69,88 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-@dataclass(frozen=True)
-class Peak:
-    flops_per_s: float
-    source: Source
-    note: str
+# Without the model's shapes, the achievable peak times one square linear layer.
+DEFAULT_SHAPES = ((1024, 1024),)
+DEFAULT_TOKENS = 1024
 
 
-# Dense (no 2:4 sparsity) tensor-core peaks from vendor datasheets, FLOP/s.
-# fp32 is the non-tensor-core rate: torch does not use TF32 for matmul by default.
-_GPU_PEAKS = {
-    "H200": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-    "H100 PCIe": {torch.bfloat16: 756e12, torch.float16: 756e12, torch.float32: 51e12},
-    "H100": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 67e12},
-    "A100": {torch.bfloat16: 312e12, torch.float16: 312e12, torch.float32: 19.5e12},
-    "L40S": {torch.bfloat16: 362e12, torch.float16: 362e12, torch.float32: 91.6e12},
-    "L4": {torch.bfloat16: 121e12, torch.float16: 121e12, torch.float32: 30.3e12},
-    "A10G": {torch.bfloat16: 70e12, torch.float16: 70e12, torch.float32: 31.2e12},
-}
-
-
-@cache
-def peak_flops(device: torch.device, dtype: torch.dtype) -> Peak:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, table in _GPU_PEAKS.items():  # most specific names first
-            if key in name and dtype in table:
-                return Peak(table[dtype], Source.ANALYTIC, f"datasheet peak for {key} at {dtype}")
-    return _calibrated_peak(device, dtype)
-
-
-def _calibrated_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, budget_s: float = 0.6) -> Peak:
-    """Best observed square-matmul rate: an achievable peak, not a datasheet one."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.matmul(a, b)  # warm-up: first call pays for kernel selection
-    best = float("inf")
-    deadline = time.perf_counter() + budget_s
-    while time.perf_counter() < deadline:
-        synchronize(device)
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return Peak(2 * n**3 / best, Source.TIMER,
-                f"calibrated: best {n}x{n} {dtype} matmul over {budget_s}s, {torch.get_num_threads()} threads")
+def mfu_peak(device: torch.device, dtype: torch.dtype, achievable: Peak, cpu_max_ghz: float | None = None) -> Peak:
+    """The theoretical peak; where none is known, the achievable one stands in and says so."""
+    try:
+        return theoretical_peak(device, dtype, cpu_max_ghz)
+    except NoTheoreticalPeak as e:
+        return Peak(achievable.flops_per_s, achievable.source,
+                    f"no theoretical peak ({e}); the achievable peak stands in: {achievable.note}")
 
 
 class ComputeTracker:
     """PCU per window, and MFU from FLOPs counted once for the window's workload
-    (flops_per_window None: a workload whose FLOPs vary per window, PCU only)."""
+    (flops_per_window None: a workload whose FLOPs vary per window, PCU only).
+
+    MFU is measured against the theoretical peak (`cpu_max_ghz` pins a CPU's max clock), and
+    `compute.mfu_achievable` against the achievable peak of `linear_shapes` ((in_features,
+    out_features) of the model's linear layers) over `tokens` rows; without shapes, a 1024→1024
+    linear over 1024 rows."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_window: int | None = None,
-                 flops_analytic: float | None = None, analytic_rule: str = "2·N·tokens"):
+                 flops_analytic: float | None = None, analytic_rule: str = "2·N·tokens",
+                 linear_shapes: Sequence[tuple[int, int]] | None = None, tokens: int | None = None,
+                 cpu_max_ghz: float | None = None):
         self.device = device
         self.flops = flops_per_window
         self.flops_analytic = flops_analytic
         self.analytic_rule = analytic_rule
-        self.peak = peak_flops(device, dtype) if flops_per_window is not None else None
+        self.achievable = self.peak = None
+        if flops_per_window is not None:
+            shapes_note = "" if linear_shapes else "no model shapes given: "
+            achievable = achievable_peak(device, dtype, linear_shapes or DEFAULT_SHAPES, tokens or DEFAULT_TOKENS)
+            self.achievable = Peak(achievable.flops_per_s, achievable.source, shapes_note + achievable.note)
+            self.peak = mfu_peak(device, dtype, self.achievable, cpu_max_ghz)
         self._nvml = NvmlDevice.open(device)
         self._sampler = PollingSampler({"util": self._nvml.utilization}, 0.02) if self._nvml else None
-        self._proc = psutil.Process(os.getpid())
         self._cores = cpu_cores()
-        self._cpu0 = 0.0
+        self._wall0 = self._cpu0 = 0.0
         self.pcu: list[float] = []
         self.achieved: list[float] = []
-
-    def _cpu_time(self) -> float:
-        t = self._proc.cpu_times()
-        return t.user + t.system
 
     def begin(self) -> None:
         if self._sampler:
             self._sampler.start()
-        self._cpu0 = self._cpu_time()
+        # Wall clock first at the start and last at the end: the CPU-time interval lies inside the
+        # wall interval, so CPU time ≤ wall × cores holds to the clocks' nanosecond resolution.
+        self._wall0 = time.perf_counter()
+        self._cpu0 = time.process_time()
 
     def end(self, elapsed_s: float) -> None:
+        cpu_s = time.process_time() - self._cpu0
+        wall_s = time.perf_counter() - self._wall0
         if self._sampler:
             self._sampler.stop()
             self.pcu.append(self._sampler.time_mean("util") / 100.0)
         else:
-            self.pcu.append((self._cpu_time() - self._cpu0) / (elapsed_s * self._cores))
+            self.pcu.append(cpu_s / (wall_s * self._cores))
         if self.flops is not None:
             self.achieved.append(self.flops / elapsed_s)
 
     def metrics(self) -> list[Metric]:
         pcu_how = ("NVML utilization.gpu sampled every 20 ms" if self._sampler
-                   else f"process CPU time / (wall time × {self._cores} cores)")
+                   else f"process CPU time of all threads (time.process_time, ns resolution) / (wall time × "
+                        f"{self._cores} cores available), both read at the window's edges")
         pcu_src = Source.SAMPLED if self._sampler else Source.TIMER
         pcu = from_samples("compute.pcu", self.pcu, pcu_src, pcu_how)
         if self.flops is None:
             return [pcu]
+        peak, achievable = self.peak, self.achievable
         return [
             make_metric("compute.flops", self.flops, Source.ANALYTIC, note="torch.utils.flop_counter, one window"),
             make_metric("compute.flops_analytic", self.flops_analytic, Source.ANALYTIC, note=self.analytic_rule),
-            make_metric("compute.peak_flops_per_s", self.peak.flops_per_s, self.peak.source, note=self.peak.note),
+            make_metric("compute.peak_flops_per_s", peak.flops_per_s, peak.source, note=peak.note),
+            make_metric("compute.achievable_peak_flops_per_s", achievable.flops_per_s, achievable.source,
+                        note=achievable.note),
             from_samples("compute.achieved_flops_per_s", self.achieved, Source.TIMER, "counted FLOPs / window time"),
-            from_samples("compute.mfu", [a / self.peak.flops_per_s for a in self.achieved], Source.TIMER,
-                         f"achieved / peak ({self.peak.note})"),
+            from_samples("compute.mfu", [a / peak.flops_per_s for a in self.achieved], Source.TIMER,
+                         f"achieved / peak ({peak.note})"),
+            from_samples("compute.mfu_achievable", [a / achievable.flops_per_s for a in self.achieved], Source.TIMER,
+                         f"achieved / achievable peak ({achievable.note})"),
             pcu,
         ]
