@@ -1,1 +1,0 @@
-"""Structured-config schemas (Hydra ConfigStore) and config-time validation."""

@@ -1,3 +1,0 @@
-from effbench.models.zoo import LoadedModel, load_model, parameter_counts
-
-__all__ = ["LoadedModel", "load_model", "parameter_counts"]

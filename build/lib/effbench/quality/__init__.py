@@ -1,1 +1,0 @@
-"""Quality beyond held-out perplexity: lm-eval tasks on the loaded model instance."""

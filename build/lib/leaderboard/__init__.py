@@ -1,1 +1,0 @@
-"""effbench leaderboard: a read-only Streamlit site over the results store (`effbench leaderboard`)."""
