@@ -100,23 +100,23 @@ def test_an_impossible_figure_is_kept_flagged_invalid(name, value, samples, word
     assert invalid_metrics([make_metric("compute.mfu", 0.4, Source.TIMER), m]) == [m]
 
 
-def test_invalid_survives_the_import_checks_and_the_store(tmp_path):
+@pytest.mark.parametrize("store_url", ["sqlite:///{}/s.db", "json:///{}/runs", None])
+def test_invalid_survives_the_import_checks_and_the_stores(tmp_path, store_url):
     from factories import make_record
 
-    from effbench.store import ResultStore
-    from effbench.store.validate import record_from_dict
+    from effbench.store import open_store, record_from_dict
 
     record = make_record()
     record.metrics.append(make_metric("compute.mfu", 5.0, Source.TIMER))
     reason = record.metric("compute.mfu").invalid
-    for back in (record_from_dict(record.to_dict()), _stored(ResultStore(f"sqlite:///{tmp_path}/s.db"), record)):
-        assert [m.name for m in invalid_metrics(back.metrics)] == ["compute.mfu"]
-        assert back.metric("compute.mfu").invalid == reason
-
-
-def _stored(store, record):
-    store.write(record)
-    return store.get(record.id)
+    if store_url is None:  # an exported JSON record, imported
+        back = record_from_dict(record.to_dict())
+    else:
+        store = open_store(store_url.format(tmp_path))
+        store.write(record)
+        back = store.get(record.id)
+    assert [m.name for m in invalid_metrics(back.metrics)] == ["compute.mfu"]
+    assert back.metric("compute.mfu").invalid == reason
 
 
 def test_figures_within_their_domain_are_valid():
