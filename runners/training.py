@@ -140,7 +140,7 @@ def count_step_flops(model: torch.nn.Module, micro_batch: Batch, grad_accum: int
     micro-batch × micro-batches per step, on the bare model (no all-reduce),
     outside any window. The gradients it leaves are dropped."""
     with autocast:
-        micro = count_flops(lambda: model(**micro_batch).loss.backward())
+        micro = count_flops(lambda: model(**micro_batch).loss.backward()).flops
     optimizer.zero_grad(set_to_none=True)
     return micro * grad_accum
 

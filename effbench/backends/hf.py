@@ -82,7 +82,7 @@ class HfBackend:
         self.model.generate(**self._kwargs(input_ids, output_tokens))
 
     def count_generate_flops(self, input_ids: torch.Tensor, output_tokens: int) -> int | None:
-        return count_flops(lambda: self.model.generate(**self._kwargs(input_ids, output_tokens)), self.model)
+        return count_flops(lambda: self.model.generate(**self._kwargs(input_ids, output_tokens))).flops
 
     def _kwargs(self, input_ids: torch.Tensor, output_tokens: int) -> dict:
         extra = {"cache_implementation": self.cache_implementation} if self.cache_implementation else {}

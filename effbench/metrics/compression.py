@@ -30,8 +30,9 @@ from effbench.metrics.catalog import make_metric
 from effbench.metrics.record import Metric, Source
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-# Module packages whose layers hold packed weights in plain tensors: named in the note.
-_QUANT_PACKAGES = ("bitsandbytes", "hqq", "optimum", "torchao", "gptqmodel", "compressed_tensors", "awq")
+# Packages whose layers hold quantized weights (named in the size note; their linear
+# layers are counted at the module level by effbench.metrics.flops).
+QUANT_PACKAGES = ("bitsandbytes", "hqq", "optimum", "torchao", "gptqmodel", "compressed_tensors", "awq")
 
 
 class SizeBytes(int):
@@ -59,12 +60,13 @@ def _flatten(name: str, t: torch.Tensor, subclasses: Counter) -> Iterator[tuple[
         yield name, t.detach().as_subclass(torch.Tensor)
 
 
-def plain_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], Counter]:
-    """The state dict as plain, contiguous CPU tensors that safetensors can write,
-    each tied/shared tensor once; and a count of the tensor subclasses flattened."""
-    out: dict[str, torch.Tensor] = {}
-    seen: dict[tuple, str] = {}
-    storages: set[int] = set()
+def honest_tensors(model: torch.nn.Module) -> tuple[list[tuple[str, torch.Tensor]], Counter]:
+    """The state dict as the plain tensors that really hold its bytes (tensor
+    subclasses flattened to their inner tensors, bitsandbytes' packed parameters
+    as their storage), each tied/shared view once, not copied; and a count of the
+    tensor subclasses flattened. One walk for the file size and the resident bytes."""
+    out: list[tuple[str, torch.Tensor]] = []
+    seen: set[tuple] = set()
     subclasses: Counter = Counter()
     for key, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):
@@ -74,20 +76,30 @@ def plain_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], C
                 ident = (t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()), t.device)
                 if ident in seen:  # tied weights are stored once
                     continue
-                seen[ident] = name
-            storage = t.untyped_storage().data_ptr() if t.numel() else None
-            t = t.contiguous().cpu()
-            if storage is not None and storage in storages and t.device.type == "cpu":
-                t = t.clone()  # another view of a storage already written: safetensors wants it separate
-            if storage is not None:
-                storages.add(storage)
-            out[name] = t
+                seen.add(ident)
+            out.append((name, t))
+    return out, subclasses
+
+
+def plain_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], Counter]:
+    """`honest_tensors` as plain, contiguous CPU tensors that safetensors can write."""
+    tensors, subclasses = honest_tensors(model)
+    out: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, t in tensors:
+        storage = t.untyped_storage().data_ptr() if t.numel() else None
+        t = t.contiguous().cpu()
+        if storage is not None and storage in storages and t.device.type == "cpu":
+            t = t.clone()  # another view of a storage already written: safetensors wants it separate
+        if storage is not None:
+            storages.add(storage)
+        out[name] = t
     return out, subclasses
 
 
 def _quantized_modules(model: torch.nn.Module) -> Counter:
     return Counter(type(m).__name__ for m in model.modules()
-                   if type(m).__module__.split(".")[0] in _QUANT_PACKAGES)
+                   if type(m).__module__.split(".")[0] in QUANT_PACKAGES)
 
 
 def serialized_size_bytes(model: torch.nn.Module) -> SizeBytes:

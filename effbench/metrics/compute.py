@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch.utils import flop_counter
 
 from effbench.hardware import cpu_cores
 from effbench.metrics.catalog import from_samples, make_metric
@@ -14,59 +13,6 @@ from effbench.metrics.nvml import NvmlDevice
 from effbench.metrics.peaks import NoTheoreticalPeak, Peak, achievable_peak, theoretical_peak
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.sampler import PollingSampler
-
-_aten = torch.ops.aten
-
-
-def _register_cpu_sdpa_formulas() -> None:
-    """FlopCounterMode counts 0 for the CPU flash-attention kernels; give it the
-    same formulas it uses for the CUDA ones (not causal-aware, as there)."""
-    registry = flop_counter.flop_registry
-    fwd = _aten._scaled_dot_product_flash_attention_for_cpu
-    bwd = _aten._scaled_dot_product_flash_attention_for_cpu_backward
-    if fwd not in registry and fwd.default not in registry:
-
-        @flop_counter.register_flop_formula(fwd)
-        def _cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
-            return flop_counter.sdpa_flop_count(q, k, v)
-
-    if bwd not in registry and bwd.default not in registry:
-
-        @flop_counter.register_flop_formula(bwd)
-        def _cpu_sdpa_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-            return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
-
-
-_register_cpu_sdpa_formulas()
-
-
-def _register_grouped_mm_formula() -> None:
-    """FlopCounterMode counts 0 for `_grouped_mm`, which transformers' fused MoE
-    experts use forward and backward: without this, MoE FLOPs and MFU miss the experts."""
-    op = getattr(_aten, "_grouped_mm", None)
-    if op is None or op in flop_counter.flop_registry or op.default in flop_counter.flop_registry:
-        return
-
-    @flop_counter.register_flop_formula(op)
-    def _grouped_mm(a, b, *args, out_shape=None, **kwargs) -> int:
-        if len(a) == 2 and len(b) == 2:
-            # Groups split the shared K dimension (weight gradients): M × N per group, K summed.
-            return 2 * a[0] * a[1] * b[1]
-        # Each output element is one K-long dot product (2-D × 3-D with offsets, or batched 3-D × 3-D).
-        out = 1
-        for d in out_shape:
-            out *= d
-        return 2 * out * a[-1]
-
-
-_register_grouped_mm_formula()
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of `fn`, counted op by op (not timed: the counter slows ops)."""
-    with flop_counter.FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 # Without the model's shapes, the achievable peak times one square linear layer.

@@ -1,14 +1,19 @@
-"""Memory family (SPEC §2): peak, average and AMU over the measured window."""
+"""Memory family (SPEC §2): peak, working memory, average and AMU over the
+measured window; and the model's own resident bytes, counted, beside them."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+from functools import cache
 from pathlib import Path
 
 import psutil
 import torch
 
-from effbench.metrics.catalog import from_samples
+from effbench.metrics.catalog import RUNTIME_DOMINATED_SHARE, from_samples, make_metric
+from effbench.metrics.compression import honest_tensors
 from effbench.metrics.nvml import NvmlDevice
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.sampler import PollingSampler
@@ -33,22 +38,43 @@ def _high_water_mark_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+@cache
+def _malloc_trim():
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+
+def _return_free_heap() -> bool:
+    """glibc keeps memory freed into its heaps resident for reuse: without this, the
+    working memory of a window after warm-up is already in RSS and its peak delta
+    reads ~0. malloc_trim(0) hands the free pages back to the OS (glibc only)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 class CpuMemoryTracker:
-    """Process RSS sampled every `interval_s`, cross-checked with the kernel's high-water mark."""
+    """Process RSS sampled every `interval_s`, cross-checked with the kernel's high-water
+    mark. The peak delta is the window's peak minus the RSS at its start, taken after
+    freed heap memory went back to the OS: the workload's working memory."""
 
     def __init__(self, interval_s: float = 0.05):
         proc = psutil.Process(os.getpid())
         self._sampler = PollingSampler({"rss": lambda: proc.memory_info().rss}, interval_s)
         self._total = psutil.virtual_memory().total
         self._hwm_ok = False
+        self._trimmed = False
         self.peak: list[float] = []
         self.delta: list[float] = []
         self.avg: list[float] = []
         self.hwm: list[float] = []
 
     def begin(self) -> None:
+        self._trimmed = _return_free_heap()
         self._hwm_ok = _reset_high_water_mark()
-        self._sampler.start()
+        self._sampler.start()  # its first reading is the RSS just before the window
 
     def end(self, elapsed_s: float) -> None:
         self._sampler.stop()
@@ -67,9 +93,12 @@ class CpuMemoryTracker:
         how = f"psutil RSS every {self._sampler.interval_s * 1000:.0f} ms"
         if self.hwm:
             how += ", max with kernel VmHWM reset at window start"
+        delta_how = f"{how}; peak − RSS at window start" + (
+            ", after malloc_trim(0) returned freed heap pages to the OS" if self._trimmed
+            else " (no malloc_trim here: memory freed by the warm-up may already be resident)")
         return [
             from_samples("memory.peak_bytes", self.peak, Source.SAMPLED, how),
-            from_samples("memory.peak_delta_bytes", self.delta, Source.SAMPLED, how),
+            from_samples("memory.peak_delta_bytes", self.delta, Source.SAMPLED, delta_how),
             from_samples("memory.avg_bytes", self.avg, Source.SAMPLED, how),
             from_samples("memory.amu", [a / self._total for a in self.avg], Source.SAMPLED,
                          f"{how}; divided by host memory {self._total} B"),
@@ -145,6 +174,49 @@ def _tensor_bytes(obj, seen: set[int], depth: int = 0) -> int:
     return sum(_tensor_bytes(v, seen, depth + 1) for v in items)
 
 
+def cache_bytes(cache) -> int:
+    """Bytes of a generation cache object (any class), each distinct tensor once."""
+    return _tensor_bytes(cache, set())
+
+
+def model_resident_bytes(model: torch.nn.Module) -> int:
+    """Bytes the model's own tensors hold: the state dict's tensors as stored
+    (quantized ones as packed data + quantization state, tensor subclasses as their
+    inner tensors: effbench.metrics.compression.honest_tensors) and the buffers kept
+    out of it (rotary frequencies), each storage once."""
+    tensors, _ = honest_tensors(model)
+    plain_buffers = [b for b in model.buffers() if type(b) is torch.Tensor]
+    storages = {}
+    for t in [t for _, t in tensors] + plain_buffers:
+        if t.device.type != "meta":
+            storage = t.untyped_storage()
+            storages[(t.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def resident_memory_metrics(model: torch.nn.Module, cache=None, peak_bytes: float | None = None) -> list[Metric]:
+    """memory.model_resident_bytes; memory.kv_cache_bytes of a generation cache; and,
+    given the window's peak (memory.peak_bytes), memory.runtime_share: how much of
+    that peak is not the model's (interpreter, libraries, allocator, activations)."""
+    resident = model_resident_bytes(model)
+    out = [make_metric("memory.model_resident_bytes", resident, Source.ANALYTIC,
+                       note="weights and buffers as stored (quantized: packed data and quantization state; "
+                            "tensor subclasses: inner tensors), each storage once")]
+    kv = 0
+    if cache is not None:
+        kv = cache_bytes(cache)
+        out.append(make_metric("memory.kv_cache_bytes", kv, Source.ANALYTIC,
+                               note=f"tensors of the {type(cache).__name__} after one window's generate"))
+    if peak_bytes:
+        share = (peak_bytes - resident - kv) / peak_bytes
+        verdict = (f"runtime-dominated (> {RUNTIME_DOMINATED_SHARE:g}): the peak does not tell techniques apart, "
+                   "compare memory.model_resident_bytes" if share > RUNTIME_DOMINATED_SHARE else "model-dominated")
+        out.append(make_metric("memory.runtime_share", share, Source.SAMPLED,
+                               note=f"(peak {peak_bytes:.0f} B − model {resident} B − KV cache {kv} B) / peak; "
+                                    + verdict))
+    return out
+
+
 @torch.no_grad()
 def measured_kv_bytes_per_token(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
     """Marginal cache bytes per token per sequence: prefill half the prompt and
@@ -161,5 +233,5 @@ def measured_kv_bytes_per_token(model: torch.nn.Module, input_ids: torch.Tensor)
         cache = next((out[k] for k in ("cache", "past_key_values", "cache_params", "state") if k in out), None)
         if cache is None:
             raise ValueError(f"{type(model).__name__} returned no generation cache")
-        sizes.append(_tensor_bytes(cache, set()))
+        sizes.append(cache_bytes(cache))
     return (sizes[1] - sizes[0]) / (input_ids.shape[0] * (input_ids.shape[1] - half))

@@ -103,8 +103,8 @@ def _to_row(record: RunRecord) -> RunRow:
 
 
 def _to_metric_row(m: Metric) -> MetricRow:
-    summary = asdict(m.summary)
-    del summary["p50"]  # same as median
+    # p50 is the median; Summary fields without a column yet are left out.
+    summary = {k: v for k, v in asdict(m.summary).items() if k in MetricRow.__table__.columns and k != "p50"}
     return MetricRow(
         name=m.name,
         value=m.value,

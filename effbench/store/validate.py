@@ -143,7 +143,14 @@ def _fields(d: Any, path: str, checks: dict[str, Check], required: set[str]) -> 
     return {key: checks[key](d[key], _join(path, key)) for key in d}
 
 
-_SUMMARY_FIELDS = {f.name: _number for f in fields(Summary)}
+_SUMMARY_FIELDS: dict[str, Check] = {
+    **{f.name: _number for f in fields(Summary)},
+    "median_ci95_low": _optional(_number),  # None: too few samples for the median's interval
+    "median_ci95_high": _optional(_number),
+    "few_samples": _bool,
+}
+# Records exported before these fields existed are still read (the summary is derived anyway).
+_SUMMARY_REQUIRED = set(_SUMMARY_FIELDS) - {"median_ci95_low", "median_ci95_high", "few_samples"}
 
 
 def _metric(d: Any, path: str) -> Metric:
@@ -155,17 +162,20 @@ def _metric(d: Any, path: str) -> Metric:
         "samples": _list_of(_number),
         "higher_is_better": _optional(_bool),
         "note": _str,
+        "invalid": _optional(_str),
         # Derived from the samples; accepted on import only if it agrees with them.
-        "summary": lambda v, p: _fields(v, p, _SUMMARY_FIELDS, set(_SUMMARY_FIELDS)),
+        "summary": lambda v, p: _fields(v, p, _SUMMARY_FIELDS, _SUMMARY_REQUIRED),
     }
     given = _fields(d, path, checks, {"name", "value", "unit", "source"})
     stated = given.pop("summary", None)
     metric = Metric(**given)
     summary = metric.summary
-    if not all(math.isfinite(x) for x in astuple(summary)):
+    if not all(math.isfinite(x) for x in astuple(summary) if isinstance(x, float)):
         raise RecordError(f"field '{path}.samples' overflows: its summary is not finite")
     for key, value in (stated or {}).items():
-        if not math.isclose(value, getattr(summary, key), rel_tol=1e-9, abs_tol=1e-12):
+        derived = getattr(summary, key)
+        if (value != derived) if value is None or derived is None or isinstance(value, bool) else \
+                not math.isclose(value, derived, rel_tol=1e-9, abs_tol=1e-12):
             raise RecordError(
                 f"field '{path}.summary.{key}' is {value!r} but the samples give {getattr(summary, key)!r}"
             )
