@@ -208,10 +208,15 @@ def _unversioned_store(path: Path, record) -> None:
         conn.execute(text("INSERT INTO runs (id, created_at, status, axis, scenario, model, technique, config, "
                           "config_hash, hardware, software, seed, tags) VALUES (:id, :c, 'ok', 'inference', "
                           "'inference', 'm', 't', '{}', 'h', '{}', '{}', 0, '[]')"), {"id": d["id"], "c": d["created_at"]})
+        # An impossible figure written before figures were checked, with 6 samples (enough for the median's interval).
+        conn.execute(text("INSERT INTO metrics (run_id, name, value, unit, source, note, samples, n, median, mean, p90, "
+                          "p99, std, ci95_low, ci95_high) VALUES (:id, 'compute.mfu', 5, 'fraction', 'timer', '', "
+                          "'[5, 4, 6, 5, 5, 5]', 6, 5, 5, 5, 5, 0.6, 4.4, 5.6)"), {"id": d["id"]})
     engine.dispose()
 
 
 def test_an_older_store_is_upgraded_for_writing_and_refused_read_only(tmp_path):
+    from effbench.store.schema import SCHEMA_VERSION
     path = tmp_path / "old.db"
     old = make_record()
     _unversioned_store(path, old)
@@ -221,7 +226,12 @@ def test_an_older_store_is_upgraded_for_writing_and_refused_read_only(tmp_path):
     store = open_store(url)
     assert store.schema_revision() == "0001"
     assert store.get(old.id).warnings == [] and store.get(old.id).provenance == {}  # upgraded, defaults filled
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == SCHEMA_VERSION
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:  # the data migration filled the new columns from the stored samples
+        row = conn.execute(text("SELECT median_ci95_low, median_ci95_high, few_samples, invalid FROM metrics")).one()
+    assert tuple(row[:3]) == (4.0, 6.0, 0) and "compute.mfu" in row[3] and "outside its domain" in row[3]
     store.write(make_record())
     assert len(open_store(url, read_only=True).runs()) == 2
 

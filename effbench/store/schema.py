@@ -30,7 +30,7 @@ def _one_of(column: str, enum: type[Status] | type[Source]) -> str:
 
 
 # The Alembic revision this code reads and writes (the newest in migrations/versions).
-SCHEMA_VERSION = "0002"
+SCHEMA_VERSION = "0003"
 
 
 class Base(DeclarativeBase):
@@ -96,7 +96,11 @@ class MetricRow(Base):
     p90: Mapped[float] = mapped_column(Double)
     p99: Mapped[float] = mapped_column(Double)
     std: Mapped[float] = mapped_column(Double)
-    ci95_low: Mapped[float] = mapped_column(Double)
+    ci95_low: Mapped[float] = mapped_column(Double)  # the mean's interval
     ci95_high: Mapped[float] = mapped_column(Double)
+    median_ci95_low: Mapped[float | None] = mapped_column(Double)  # the median's; null: too few samples
+    median_ci95_high: Mapped[float | None] = mapped_column(Double)
+    few_samples: Mapped[bool] = mapped_column(Boolean)
+    invalid: Mapped[str | None] = mapped_column(Text)  # why the figure is impossible; null: a valid figure
 
     run: Mapped[RunRow] = relationship(back_populates="metrics")

@@ -70,6 +70,21 @@ def _sqlite_engine(url: URL, read_only: bool) -> Engine:
     return engine
 
 
+@contextmanager
+def _foreign_keys_off(conn) -> Iterator[None]:
+    """SQLite: no ON DELETE CASCADE while a migration runs (a table it rebuilt would take its
+    children with it). The pragma only acts outside a transaction, so it goes to the driver
+    connection before BEGIN."""
+    raw = conn.connection.driver_connection if conn.dialect.name == "sqlite" else None
+    if raw is not None:
+        raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = ON")
+
+
 def _postgres_engine(url: URL, read_only: bool) -> Engine:
     if read_only:
         options = " ".join(filter(None, [url.query.get("options"), "-c default_transaction_read_only=on"]))
@@ -103,8 +118,8 @@ def _to_row(record: RunRecord) -> RunRow:
 
 
 def _to_metric_row(m: Metric) -> MetricRow:
-    # p50 is the median; Summary fields without a column yet are left out.
-    summary = {k: v for k, v in asdict(m.summary).items() if k in MetricRow.__table__.columns and k != "p50"}
+    summary = asdict(m.summary)
+    del summary["p50"]  # same as median
     return MetricRow(
         name=m.name,
         value=m.value,
@@ -113,6 +128,7 @@ def _to_metric_row(m: Metric) -> MetricRow:
         higher_is_better=m.higher_is_better,
         note=m.note,
         samples=m.samples,
+        invalid=m.invalid,
         **summary,
     )
 
@@ -140,6 +156,7 @@ def _from_row(row: RunRow) -> RunRecord:
                 samples=m.samples,
                 higher_is_better=m.higher_is_better,
                 note=m.note,
+                invalid=m.invalid,
             )
             for m in row.metrics
         ],
@@ -263,7 +280,7 @@ class SqlStore:
         # Jobs of a parallel sweep may all open a fresh database at once; one transaction
         # per creator (IMMEDIATE on SQLite, an advisory lock on PostgreSQL) lets the first
         # create it and the rest see it done.
-        with self._write_engine.begin() as conn:
+        with self._write_engine.connect() as conn, _foreign_keys_off(conn), conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATE_LOCK})
             tables = set(inspect(conn).get_table_names())

@@ -15,12 +15,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.add_column(sa.Column("warnings", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
-        batch.add_column(sa.Column("provenance", sa.JSON(), nullable=False, server_default=sa.text("'{}'")))
+    # Plain ADD COLUMN (no batch copy of the table: rebuilding `runs` would cascade-delete its metrics).
+    op.add_column("runs", sa.Column("warnings", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
+    op.add_column("runs", sa.Column("provenance", sa.JSON(), nullable=False, server_default=sa.text("'{}'")))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("provenance")
-        batch.drop_column("warnings")
+    raise NotImplementedError("effbench stores are upgraded, never downgraded: restore the backup taken before "
+                              "`effbench migrate`")
