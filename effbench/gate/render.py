@@ -45,18 +45,30 @@ def _metric(c: CheckResult) -> str:
     return CATALOG[c.metric].display + f" ({c.metric})" if c.metric in CATALOG else c.metric
 
 
+NO_CHECK = ("no check ran: no gated metric was recorded by both sides, so this gate tested nothing "
+            "(check the metric names in the gate file and the scenario the runs measured)")
+
+
 def headline(result: GateResult, strict: bool = False) -> str:
     counts = ", ".join(f"{result.count(v)} {v.value}" for v in Verdict)
     verdict = "FAIL" if result.exit_code(strict) else "PASS"
-    return (f"effbench gate {verdict}: {result.candidate} vs {result.baseline}, {result.n_pairs} pairs, "
+    text = (f"effbench gate {verdict}: {result.candidate} vs {result.baseline}, {result.n_pairs} pairs, "
             f"{len(result.checks)} checks ({counts})")
+    return text if result.checks else f"{text}: NO CHECK RAN"
+
+
+def method_line(result: GateResult) -> str:
+    """How the checks were tested and how the whole set's false alarms are controlled."""
+    g = result.gate
+    how = result.design or (f"{g.method}, one-sided alpha {g.alpha}, ≥ {g.min_samples} samples ({g.pool}) per side, "
+                            f"pairs matched by {g.match}")
+    return "; ".join(x for x in (how, result.multiplicity or "no tested checks: no multiplicity control needed",
+                                 f"gate: {g.source}") if x)
 
 
 def print_result(result: GateResult, strict: bool = False) -> None:
-    g = result.gate
     table = Table(title=f"effbench gate: candidate {result.candidate} vs baseline {result.baseline}",
-                  caption=f"{g.method}, one-sided alpha {g.alpha}, ≥ {g.min_samples} samples ({g.pool}), pairs by {g.match}; "
-                          f"gate: {g.source}")
+                  caption=method_line(result))
     for col, justify in [("pair", "left"), ("metric", "left"), ("baseline", "right"), ("candidate", "right"),
                          ("change", "right"), ("allowed", "right"), ("n b/c", "right"), ("verdict", "left"),
                          ("why", "left")]:
@@ -68,6 +80,10 @@ def print_result(result: GateResult, strict: bool = False) -> None:
                       f"[dim]{c.detail}[/]")
         last = c.pair
     console.print(table)
+    for line in result.resolution:
+        console.print(line)
+    if not result.checks:
+        console.print(f"[bold red]WARNING: {NO_CHECK}[/]")
     for note in result.notes:
         console.print(f"[dim]note: {note}[/]")
     style = "bold red" if result.exit_code(strict) else "bold green"
@@ -79,7 +95,6 @@ def _md_escape(text: str) -> str:
 
 
 def to_markdown(result: GateResult, strict: bool = False) -> str:
-    g = result.gate
     icon = "❌" if result.exit_code(strict) else "✅"
     lines = [f"### {icon} {_md_escape(headline(result, strict))}", ""]
     if result.regressions:
@@ -92,9 +107,10 @@ def to_markdown(result: GateResult, strict: bool = False) -> str:
             c.pair, f"`{c.metric}`", _value(c, c.baseline), _value(c, c.candidate), _change(c), _allowed(c), _n(c),
             f"{_ICON[c.verdict]} {c.verdict.value}", c.detail]) + " |")
     lines.append("")
-    lines.append(f"_{g.method}, one-sided alpha {g.alpha}, ≥ {g.min_samples} samples ({g.pool}) per side, "
-                 "pairs matched by "
-                 f"{g.match}; gate: {_md_escape(g.source)}. ≈ marks estimated figures._")
+    if not result.checks:
+        lines += [f"**⚠️ WARNING: {NO_CHECK}**", ""]
+    lines += [f"- {_md_escape(line)}" for line in result.resolution]
+    lines.append(f"_{_md_escape(method_line(result))}. ≈ marks estimated figures._")
     if result.notes:
         lines += ["", "<details><summary>notes</summary>", ""]
         lines += [f"- {_md_escape(n)}" for n in result.notes]
