@@ -367,8 +367,8 @@ def measure_ab(args: argparse.Namespace) -> list[dict]:
             for variant in ("A", "B") if k % 2 == 0 else ("B", "A"):
                 out = Path(tmp, f"{variant}{k}.json")
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, __file__, "--worker", str(out), "--variant", variant, *_worker_args(args)],
-                               check=True, env=env, preexec_fn=pin)
+                cmd = [sys.executable, __file__, "--worker", str(out), "--variant", variant, *_worker_args(args)]
+                subprocess.run(cmd, check=True, env=env, preexec_fn=pin)
                 w = json.loads(out.read_text())
                 (run,) = w["runs"]
                 processes.append({"variant": variant, "pair": k, "wall_s": time.perf_counter() - t0,
@@ -411,7 +411,8 @@ def _records(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...]):
                          "fp32", {}, "gate-power", {"label": "this machine"}, {}, 0, metrics,
                          tags=["ab:gate-power", f"side:{side}", f"pair:{k}", looks_tag(plan)])
 
-    return [record(b, "A", k) for k, (b, _) in enumerate(pairs_)], [record(c, "B", k) for k, (_, c) in enumerate(pairs_)]
+    return ([record(b, "A", k) for k, (b, _) in enumerate(pairs_)],
+            [record(c, "B", k) for k, (_, c) in enumerate(pairs_)])
 
 
 def replay(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...], gate):
@@ -480,12 +481,13 @@ def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, 
         values = [p[key] for p in ps]
         return statistics.stdev(values) / statistics.mean(values)
 
-    achieved = {k: statistics.median(p[k] for p in b) / statistics.median(p[k] for p in a) - 1 for k in ("tpot", "peak")}
+    achieved = {k: statistics.median(p[k] for p in b) / statistics.median(p[k] for p in a) - 1
+                for k in ("tpot", "peak")}
     lines = [
         "## Setup", "",
-        f"- {len(processes)} worker processes, one after another, in the order A B B A A B …; one run each: 1 warm-up, "
-        f"{args.repeats} measured repeats; tiny-llama (3.4M parameters), prompt {PROMPT}, {OUTPUT} output tokens, torch "
-        f"threads {processes[0]['threads']}, PYTHONHASHSEED={args.hash_seed}"
+        f"- {len(processes)} worker processes, one after another, in the order A B B A A B …; one run each: "
+        f"1 warm-up, {args.repeats} measured repeats; tiny-llama (3.4M parameters), prompt {PROMPT}, {OUTPUT} output "
+        f"tokens, torch threads {processes[0]['threads']}, PYTHONHASHSEED={args.hash_seed}"
         f"{f', pinned to CPUs {args.cpus}' if args.cpus else ''}; {elapsed:.0f} s in all ({wall:.1f} s per process, "
         f"start-up included); load average {load:.1f} at the end, on {os.cpu_count()} cores.",
         f"- Injected in B: a busy-wait of {statistics.mean(p['factor'] for p in b):.3f} × each forward's CPU time "
@@ -510,12 +512,12 @@ def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, 
               f"{args.sessions} sessions per row, each a random subset of the measured pairs (A/A: each pair's sides "
               "swapped at random), and, in brackets with their count, the disjoint blocks of measured pairs in "
               "time order.", "",
-              "| TPOT tolerance | budget (pairs) | check | A/A false alarm | A/A pass | A/B detection | A/B inconclusive "
-              "| median pairs A/A, A/B | minutes per gate A/A, A/B |",
+              "| TPOT tolerance | budget (pairs) | check | A/A false alarm | A/A pass | A/B detection "
+              "| A/B inconclusive | median pairs A/A, A/B | minutes per gate A/A, A/B |",
               "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for tol in args.tolerances:
-        gate = gate_from_dict({"metrics": {"latency.tpot_s": f"+{tol * 100:g}%", "memory.peak_bytes": f"+{tol_mem * 100:g}%"}},
-                              "gate_power")
+        gate = gate_from_dict({"metrics": {"latency.tpot_s": f"+{tol * 100:g}%",
+                                           "memory.peak_bytes": f"+{tol_mem * 100:g}%"}}, "gate_power")
         for budget in args.budgets:
             if budget > len(by["A/A"]):
                 lines.append(f"| +{tol:.1%} | {budget} | more pairs than the {len(by['A/A'])} measured A/A pairs: "
@@ -530,9 +532,10 @@ def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, 
                     blocks = f" [{m[metric][verdict]:.0%} of {m['n']}]" if m["n"] else ""
                     return f"{r[metric][verdict]:.1%}{blocks}"
                 sizes = [rates[k]["resampled"]["pairs_median"] for k in ("A/A", "A/B")]
-                lines.append(f"| +{tol:.1%} | {budget} | `{metric}` | {cell('A/A', 'regression')} | {cell('A/A', 'pass')} | "
-                             f"{cell('A/B', 'regression')} | {cell('A/B', 'inconclusive')} | "
-                             f"{sizes[0]:g}, {sizes[1]:g} | {2 * sizes[0] * wall / 60:.1f}, {2 * sizes[1] * wall / 60:.1f} |")
+                minutes = [2 * n * wall / 60 for n in sizes]
+                lines.append(f"| +{tol:.1%} | {budget} | `{metric}` | {cell('A/A', 'regression')} | "
+                             f"{cell('A/A', 'pass')} | {cell('A/B', 'regression')} | {cell('A/B', 'inconclusive')} | "
+                             f"{sizes[0]:g}, {sizes[1]:g} | {minutes[0]:.1f}, {minutes[1]:.1f} |")
     return "\n".join(lines) + "\n"
 
 

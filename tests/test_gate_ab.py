@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from scipy import stats
 
 from effbench.cli import main as effbench_main
 from effbench.gate import gate_from_dict
+from effbench.gate.ab import AbError, absolute_store_url, parse_cpus, pinning, process_env
 from effbench.gate.process_gate import evaluate_processes, looks_tag
 from effbench.gate.process_stats import (
     Outcome,
@@ -29,7 +32,7 @@ from effbench.gate.process_stats import (
     spent_alpha,
 )
 from effbench.gate.stats import Verdict, adjust_for_multiplicity
-from effbench.metrics.record import Source
+from effbench.metrics.record import Source, Status
 from effbench.store import open_store
 
 # --- the tests on process figures -------------------------------------------------------------------------------
@@ -270,6 +273,32 @@ def test_mixed_sessions_are_a_usage_error(tmp_path):
 
     with pytest.raises(GateUsageError, match="same pair tag"):
         evaluate_processes(base + other, cand, gate_from_dict({"metrics": TOL}))
+
+
+def test_a_failed_candidate_process_is_a_regression():
+    rng = np.random.default_rng(33)
+    base, cand = session(rng, pairs=5, change=0.0, sigma=0.02, plan=(5,))
+    cand[3].status, cand[3].error = Status.FAILED, "RuntimeError: out of memory\nTraceback ..."
+    result = evaluate_processes(base, cand, gate_from_dict({"metrics": TOL}))
+    (run,) = [c for c in result.checks if c.metric == "run"]
+    assert run.verdict is Verdict.REGRESSION and "out of memory" in run.detail and result.decided
+    assert result.exit_code() == 1
+
+
+def test_processes_share_hash_seed_threads_and_pinning():
+    env = process_env(0, 1)
+    assert env["PYTHONHASHSEED"] == "0" and env["OMP_NUM_THREADS"] == "1"
+    assert process_env(3, 0).get("OMP_NUM_THREADS") == os.environ.get("OMP_NUM_THREADS")  # 0: left alone
+    cpu = min(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                         capture_output=True, text=True, preexec_fn=pinning(parse_cpus(str(cpu))), check=True)
+    assert out.stdout.strip() == f"[{cpu}]"
+    with pytest.raises(AbError, match="this process may use CPUs"):
+        parse_cpus("0-4096")
+    with pytest.raises(AbError, match="give CPU indices"):
+        parse_cpus("first")
+    assert absolute_store_url("sqlite:///rel/x.db") == f"sqlite:///{os.getcwd()}/rel/x.db"
+    assert absolute_store_url("json://rel/dir") == f"json://{os.getcwd()}/rel/dir"
 
 
 # --- `effbench ab` end to end -----------------------------------------------------------------------------------

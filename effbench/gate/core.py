@@ -213,6 +213,7 @@ class CheckResult:
     detail: str = ""
     estimated: bool = False
     comparison: Comparison | None = None
+    pooled: bool = False  # samples are one median per run (pool: runs)
     alpha: float | None = None  # the level the check was tested at (before multiplicity control)
     detectable: float | None = None  # process checks: the minimum detectable change at the N reached
     needed: int | None = None  # process checks too noisy for the tolerance: processes per side it needs
@@ -293,9 +294,10 @@ def check_metric(pair: str, rule: MetricRule, base: Metric, cand: Metric, gate: 
     with one median per run (pool: runs)."""
     hib = direction(rule, base, cand)
     estimated = Source.ESTIMATED in (base.source, cand.source)
-    result = CheckResult(pair, rule.name, Verdict.INCONCLUSIVE, cand.unit or base.unit, metric_median(base), metric_median(cand),
-                         metric_median(cand) / metric_median(base) if metric_median(base) else math.nan, rule.tolerance, hib,
-                         len(base.samples), len(cand.samples), estimated=estimated)
+    b_med, c_med = metric_median(base), metric_median(cand)
+    result = CheckResult(pair, rule.name, Verdict.INCONCLUSIVE, cand.unit or base.unit, b_med, c_med,
+                         c_med / b_med if b_med else math.nan, rule.tolerance, hib, len(base.samples),
+                         len(cand.samples), estimated=estimated, pooled=samples is not None)
     if samples is not None:
         result.baseline, result.candidate = float(np.median(samples[0])), float(np.median(samples[1]))
         result.ratio = result.candidate / result.baseline if result.baseline else math.nan
@@ -314,14 +316,14 @@ def check_metric(pair: str, rule: MetricRule, base: Metric, cand: Metric, gate: 
         comp = compare_samples(b_samples, c_samples, tolerance=rule.tolerance, higher_is_better=hib,
                                alpha=result.alpha, min_samples=rule.min_samples or gate.min_samples,
                                method=gate.method, n_resamples=gate.n_resamples, seed=gate.seed)
-    _set_comparison(result, comp, pooled=samples is not None)
+    _set_comparison(result, comp)
     return result
 
 
-def _set_comparison(result: CheckResult, comp: Comparison, pooled: bool) -> None:
+def _set_comparison(result: CheckResult, comp: Comparison) -> None:
     result.verdict, result.ratio, result.comparison = comp.verdict, comp.ratio, comp
     result.detail = comp.reason + (" (estimated figures)" if result.estimated else "")
-    if pooled and comp.method != "value":
+    if result.pooled and comp.method != "value":
         result.detail = "run medians: " + result.detail.replace("raise scenario.repeats", "run each side more times") \
             .replace("add repeats or rerun", "run each side more times")
 
@@ -335,9 +337,8 @@ def control_false_alarms(checks: list[CheckResult]) -> str:
     p_reg = adjust_for_multiplicity([c.comparison.p_regression for c in tested])
     p_imp = adjust_for_multiplicity([c.comparison.p_improvement for c in tested])
     for c, pr, pi in zip(tested, p_reg, p_imp, strict=True):
-        pooled = c.detail.startswith("run medians: ")
         _set_comparison(c, decide(c.comparison.ratio, c.tolerance, pr, pi, c.alpha, c.comparison.method,
-                                  c.comparison.interval, adjusted=len(tested) > 1), pooled)
+                                  c.comparison.interval, adjusted=len(tested) > 1))
     return f"{MULTIPLICITY}: {len(tested)} tested checks"
 
 

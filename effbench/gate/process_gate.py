@@ -146,17 +146,20 @@ class _Check:
 def _check(label: str, rule: MetricRule, base_runs: list[RunRecord], cand_runs: list[RunRecord], paired: bool,
            gate: GateConfig, same_hardware: bool) -> _Check | None:
     bm, cm = _figures(base_runs, rule.name), _figures(cand_runs, rule.name)
+    in_b, in_c = any(m is not None for m in bm), any(m is not None for m in cm)
+    if not in_b and not in_c:
+        return None  # not a figure of this scenario
+    if not in_b or not in_c:
+        return _Check(CheckResult(label, rule.name, Verdict.INCONCLUSIVE, tolerance=rule.tolerance,
+                                  detail=f"missing in the {'baseline' if not in_b else 'candidate'}"))
     if paired:  # keep the pairs in which both processes recorded the metric
         kept = [(b, c) for b, c in zip(bm, cm, strict=True) if b is not None and c is not None]
         bm, cm = [b for b, _ in kept], [c for _, c in kept]
     else:
         bm, cm = [m for m in bm if m is not None], [m for m in cm if m is not None]
-    if not bm and not cm:
-        return None  # not a figure of this scenario
-    if not bm or not cm:
-        side = "baseline" if not bm else "candidate"
+    if not bm:
         return _Check(CheckResult(label, rule.name, Verdict.INCONCLUSIVE, tolerance=rule.tolerance,
-                                  detail=f"missing in the {side}"))
+                                  detail="no pair in which both processes recorded it"))
     base_fig, cand_fig = [metric_median(m) for m in bm], [metric_median(m) for m in cm]
     ref_b, ref_c = bm[0], cm[0]
     hib = direction(rule, ref_b, ref_c)
@@ -287,8 +290,9 @@ def evaluate_processes(baseline: list[RunRecord], candidate: list[RunRecord], ga
         if any(c.result.verdict is Verdict.REGRESSION for c in checks) or all(c.decided for c in checks):
             break
     results = failures + [c.result for c in checks]
-    decided = bool(failures and failures[0].verdict is Verdict.REGRESSION) or \
-        any(c.verdict is Verdict.REGRESSION for c in results) or all(c.decided for c in checks)
+    # Decided: a regression shown (a failed candidate process is one), or every check decided at a look.
+    decided = any(c.verdict is Verdict.REGRESSION for c in results) or \
+        (look is not None and all(c.decided for c in checks))
     test = (TEST_NAMES if sides.paired else UNPAIRED_TEST_NAMES)[gate.process_test]
     design = ""
     if look is not None:
