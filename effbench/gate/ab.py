@@ -81,6 +81,7 @@ class Side:
     command: tuple[str, ...]  # argv that runs `effbench run`
     cwd: Path
     overrides: tuple[str, ...]
+    own_install: bool  # a ref or path side: runs its own effbench, so this process's PYTHONPATH stays out
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -162,11 +163,11 @@ def resolve_side(text: str, label: str, workdir: Path) -> Side:
     if kind == "config":
         overrides = tuple(shlex.split(value))
         _check_overrides(list(overrides), f"side {label}")
-        return Side(label, text, (sys.executable, *python_cmd), Path.cwd(), overrides)
+        return Side(label, text, (sys.executable, *python_cmd), Path.cwd(), overrides, False)
     if kind == "ref":
         checkout = _worktree(value, Path.cwd(), workdir)
         python = install_checkout(checkout, f"side {label} ({text})")
-        side = Side(label, text, (str(python), *python_cmd), checkout, ())
+        side = Side(label, text, (str(python), *python_cmd), checkout, (), True)
     else:
         path = Path(value).expanduser().resolve()
         if path.is_dir():
@@ -174,21 +175,26 @@ def resolve_side(text: str, label: str, workdir: Path) -> Side:
             if not python.exists():
                 raise AbError(f"side {label} ({text}): no .venv/bin/python in {path}: install that checkout "
                               "(make install) or pass its python or effbench executable")
-            side = Side(label, text, (str(python), *python_cmd), path, ())
+            side = Side(label, text, (str(python), *python_cmd), path, (), True)
         elif path.is_file() and os.access(path, os.X_OK):
             # A python runs `-m effbench.cli` from a neutral directory, so no checkout's
             # effbench/ in the current directory shadows the one installed with it.
             command = (str(path), "run") if path.name.startswith("effbench") else (str(path), *python_cmd)
             cwd = workdir.resolve()
             cwd.mkdir(parents=True, exist_ok=True)
-            side = Side(label, text, command, cwd, ())
+            side = Side(label, text, command, cwd, (), True)
         else:
             raise AbError(f"side {label} ({text}): {path} is neither a checkout directory nor an executable")
     # `effbench --help` of that side (its command without the final `run`): a broken install fails here.
-    probe = subprocess.run([*side.command[:-1], "--help"], cwd=side.cwd, capture_output=True, text=True)
+    probe = subprocess.run([*side.command[:-1], "--help"], cwd=side.cwd, env=side_env(side, os.environ),
+                           capture_output=True, text=True)
     if probe.returncode != 0:
         raise AbError(f"side {label} ({text}): its effbench does not start:\n{_tail(probe.stdout + probe.stderr)}")
     return side
+
+
+def side_env(side: Side, env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != "PYTHONPATH"} if side.own_install else dict(env)
 
 
 def absolute_store_url(url: str) -> str:
@@ -250,8 +256,8 @@ class Settings:
     common: tuple[str, ...]
     logdir: Path
 
-    def env(self) -> dict[str, str]:
-        return process_env(self.hash_seed, self.threads)
+    def env(self, side: Side) -> dict[str, str]:
+        return side_env(side, process_env(self.hash_seed, self.threads))
 
     def argv(self, side: Side, pair: int) -> list[str]:
         tags = [f"{SESSION_TAG}{self.session}", f"{SIDE_TAG}{side.label}", f"{PAIR_TAG}{pair}",
@@ -277,7 +283,7 @@ def run_process(side: Side, pair: int, settings: Settings) -> float:
     log = settings.logdir / f"{side.label}-{pair}.log"
     started = time.perf_counter()
     with open(log, "w") as out:
-        rc = subprocess.run(settings.argv(side, pair), cwd=side.cwd, env=settings.env(), stdout=out,
+        rc = subprocess.run(settings.argv(side, pair), cwd=side.cwd, env=settings.env(side), stdout=out,
                             stderr=subprocess.STDOUT, preexec_fn=pinning(settings.cpus)).returncode
     mine = {f"{SIDE_TAG}{side.label}", f"{PAIR_TAG}{pair}"}
     if rc != 0 and not any(mine <= set(r.tags) for r in session_runs(settings)):
@@ -349,6 +355,8 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
     try:
         gate = load_gate_options(args, match="ab")
+        if args.min < 2:
+            raise AbError("--min must be at least 2: one pair cannot show the spread between processes")
         try:
             plan = plan_looks(args.min, args.max, args.looks)
         except ValueError as e:

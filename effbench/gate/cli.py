@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from effbench.gate.config import MATCH_MODES
@@ -14,7 +15,7 @@ HELP = """\
 Compare a candidate's runs with a baseline's, pair by pair (model × technique ×
 scenario) and metric by metric, using every repeat sample: a one-sided
 Mann-Whitney U test against the baseline shifted by the tolerance (or a
-bootstrap interval of the ratio of medians). Each check is pass, regression,
+percentile bootstrap of the ratio of medians). Each check is pass, regression,
 improvement or inconclusive (too few samples, estimate vs measurement, a change
 the repeats cannot confirm).
 
@@ -86,7 +87,7 @@ def report(result, args: argparse.Namespace, command: str = "effbench gate") -> 
               file=sys.stderr)
     if result.inconclusive and not args.strict:
         print(f"{command}: warning: {len(result.inconclusive)} checks inconclusive "
-              f"({'; '.join(sorted({c.detail.split(':')[0] for c in result.inconclusive}))}); "
+              f"({'; '.join(sorted({re.split(r'[:(]', c.detail)[0].strip() for c in result.inconclusive}))}); "
               "they do not fail the gate unless --strict", file=sys.stderr)
     for c in result.regressions:
         print(f"{command}: REGRESSION {c.pair}: {c.metric} {c.detail}", file=sys.stderr)

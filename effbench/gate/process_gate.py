@@ -44,6 +44,7 @@ from effbench.gate.process_stats import (
     Look,
     Outcome,
     detectable_change,
+    format_change,
     judge,
     margins,
     min_attainable_p,
@@ -197,16 +198,20 @@ def _judge(check: _Check, p_reg: float, p_within: float, p_imp: float, alpha: fl
                                               paired=ev.paired))
     size = f"{ev.n} pairs" if ev.paired else f"{ev.n_baseline} + {ev.n_candidate} processes"
     sign = "-" if c.higher_is_better else "+"
-    resolution = f"resolves ≥ {c.detectable:.1%} at {gate.power:.0%} power"
+    resolution = f"resolves ≥ {format_change(c.detectable)} at {gate.power:.0%} power"
     if outcome is Outcome.TOO_NOISY:
         c.needed = processes_needed(check.margin, ev.sd, total_alpha, gate.power, paired=ev.paired,
                                     test=gate.process_test)
         floor = min_attainable_p(ev.n_baseline, ev.n_candidate, paired=ev.paired, test=gate.process_test)
-        why = (f"the {gate.process_test} test cannot reach p < {alpha:.3g} with {size} (smallest p {floor:.3g})"
-               if floor >= alpha else f"{resolution} with {size}")
-        need = (f"{c.needed} processes per side (one look at alpha {total_alpha})" if c.needed
-                else "more processes than is practical")
-        c.detail = f"runner too noisy for this tolerance: {why}; {sign}{c.tolerance:.1%} needs ≈ {need}"
+        if not math.isfinite(ev.sd):
+            c.detail = f"runner too noisy for this tolerance: {size} cannot show the spread between processes " \
+                       "(run at least 2 pairs)"
+        else:
+            why = (f"the {gate.process_test} test cannot reach p < {alpha:.3g} with {size} (smallest p {floor:.3g})"
+                   if floor >= alpha else f"{resolution} with {size}")
+            need = (f"≈ {c.needed} processes per side (one look at alpha {total_alpha})" if c.needed
+                    else "more processes than is practical")
+            c.detail = f"runner too noisy for this tolerance: {why}; {sign}{c.tolerance:.1%} needs {need}"
     else:
         p = "adjusted p" if adjusted else "p"
         why = {Outcome.REGRESSION: f"worse by more than {c.tolerance:.1%}: {p}={p_reg:.3g}",
@@ -301,10 +306,11 @@ def evaluate_processes(baseline: list[RunRecord], candidate: list[RunRecord], ga
         design = (f"one median per process, {'paired by pair tag' if sides.paired else 'unpaired'}, {test}; "
                   f"look {look.number}{planned} at {size}, alpha {look.alpha:.3g} of {gate.alpha} "
                   "(Lan–DeMets O'Brien–Fleming-type spending)")
-    resolution = [f"this runner resolves ≥ {c.result.detectable:.1%} changes of {c.result.metric} at "
+    resolution = [f"this runner resolves ≥ {format_change(c.result.detectable)} changes of {c.result.metric} at "
                   f"{gate.power:.0%} power with {c.evidence.n} {'pairs' if sides.paired else 'processes per side'} "
                   f"(sd of the log {'ratios' if sides.paired else 'figures'} {c.evidence.sd:.1%})"
-                  for c in checks if c.evidence is not None and c.result.detectable is not None]
+                  for c in checks if c.evidence is not None and c.result.detectable is not None
+                  and math.isfinite(c.result.detectable)]
     notes += unused_rule_notes(gate, {c.result.metric for c in checks})
     return GateResult(results, notes, gate, candidate_desc, baseline_desc, 1, multiplicity=multiplicity,
                       design=design, resolution=resolution, decided=decided)

@@ -69,6 +69,11 @@ def relative(log_change: float) -> float:
     return math.expm1(log_change)
 
 
+def format_change(change: float) -> str:
+    """0.071 → '7.1%'; beyond +900% as a factor ('2.4e+03×'), which reads better."""
+    return f"{change:.1%}" if change < 9 else f"{1 + change:.3g}×"
+
+
 @dataclass(frozen=True)
 class Evidence:
     """The raw (not yet multiplicity-adjusted) one-sided tests of one metric."""

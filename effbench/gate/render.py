@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from effbench.gate.core import CheckResult, GateResult
 from effbench.gate.stats import Verdict
@@ -67,27 +68,28 @@ def method_line(result: GateResult) -> str:
 
 
 def print_result(result: GateResult, strict: bool = False) -> None:
-    table = Table(title=f"effbench gate: candidate {result.candidate} vs baseline {result.baseline}",
-                  caption=method_line(result))
+    # Text, not markup strings: selectors such as tag:ab:ID would otherwise turn into emoji (:ab:),
+    # and brackets in a detail into markup.
+    table = Table(title=Text(f"effbench gate: candidate {result.candidate} vs baseline {result.baseline}"),
+                  caption=Text(method_line(result)))
     for col, justify in [("pair", "left"), ("metric", "left"), ("baseline", "right"), ("candidate", "right"),
                          ("change", "right"), ("allowed", "right"), ("n b/c", "right"), ("verdict", "left"),
                          ("why", "left")]:
         table.add_column(col, justify=justify, overflow="fold")
     last = None
     for c in result.checks:
-        table.add_row(c.pair if c.pair != last else "", _metric(c), _value(c, c.baseline), _value(c, c.candidate),
-                      _change(c), _allowed(c), _n(c), f"[{_STYLE[c.verdict]}]{c.verdict.value}[/]",
-                      f"[dim]{c.detail}[/]")
+        table.add_row(Text(c.pair if c.pair != last else ""), Text(_metric(c)), _value(c, c.baseline),
+                      _value(c, c.candidate), _change(c), _allowed(c), _n(c),
+                      Text(c.verdict.value, style=_STYLE[c.verdict]), Text(c.detail, style="dim"))
         last = c.pair
     console.print(table)
     for line in result.resolution:
-        console.print(line)
+        console.print(Text(line))
     if not result.checks:
-        console.print(f"[bold red]WARNING: {NO_CHECK}[/]")
+        console.print(Text(f"WARNING: {NO_CHECK}", style="bold red"))
     for note in result.notes:
-        console.print(f"[dim]note: {note}[/]")
-    style = "bold red" if result.exit_code(strict) else "bold green"
-    console.print(f"[{style}]{headline(result, strict)}[/]")
+        console.print(Text(f"note: {note}", style="dim"))
+    console.print(Text(headline(result, strict), style="bold red" if result.exit_code(strict) else "bold green"))
 
 
 def _md_escape(text: str) -> str:
