@@ -340,10 +340,11 @@ def test_a_side_that_fails_to_install_exits_2_with_the_reason(tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_ab_on_two_configs_fails_a_slower_side_naming_the_metric(tmp_path, capsys):
-    """Side B is a 4× wider model: prefill and memory genuinely grow. 3 pairs, one look."""
+    """Side B is a 4× wider model (half as deep, ~7× the parameters): prefill and memory
+    genuinely grow. 3 pairs, one look."""
     (tmp_path / "gate.yaml").write_text("metrics:\n  latency.ttft_s: +200%\n  memory.peak_bytes: +5%\n")
     code = ab(tmp_path, "--min", "3", "--max", "3", "--looks", "1", "--gate", str(tmp_path / "gate.yaml"),
-              "config:", "config:model.hidden_size=1024 model.intermediate_size=2752", *QUICK)
+              "config:", "config:model.hidden_size=1024 model.intermediate_size=2752 model.num_layers=2", *QUICK)
     out, err = capsys.readouterr()
     assert code == 1, err[-3000:]
     assert "REGRESSION" in err and "memory.peak_bytes" in err
