@@ -1,28 +1,34 @@
-"""How good is `effbench gate`? False alarms on A/A, detection on A/B, measured.
+"""How good is the gate on latency? False alarms on A/A, detection on A/B, measured.
 
 Runs the tiny model (tiny-llama, 3.4M parameters) on this machine:
 
 - A: the same code, run after run;
-- B: a known regression: the model's forward hook sleeps (then spins the last
-  fraction of a millisecond, for precision) a fixed share of each forward's own
-  time, calibrated so TPOT grows by --slowdown (default 10%); and a buffer of
-  --memory (default 4%) of the process's peak RSS held during each repeat.
+- B: a known regression: after each forward a busy-wait of a calibrated share of
+  the forward's own CPU time, so TPOT grows by --slowdown (default 10%); and a
+  buffer of --memory (default 4%) of the process's peak RSS held during each repeat.
 
-Each *run* is what `effbench run` measures: one warm-up generate, then
---repeats measured generates (effbench's TokenTimer and CPU memory tracker), so
-a run gives one sample per repeat of `latency.tpot_s` and `memory.peak_bytes`.
-Runs alternate A, B, B, A, ... in --processes separate worker processes, one
-after the other, so the cross-process pairs see what CI sees: baseline and
-candidate measured by different processes at different times.
+A *run* is what `effbench run` measures: one warm-up generate, then --repeats
+measured generates (effbench's TokenTimer and CPU memory tracker): one sample per
+repeat of `latency.tpot_s` and `memory.peak_bytes`.
 
-The gate's own test (effbench.gate.stats.compare_samples) is then applied to
-A/A and A/B sample pairs: false-alarm rate = share of A/A checks called
-regression, detection rate = share of A/B checks called regression. Also a grid
-over repeats, tolerance and alpha to tune the defaults.
+--mode ab (default): the design of `effbench ab`. 2 × --pairs fresh worker
+processes, one run each, in the order A B B A A B B A …, each with
+PYTHONHASHSEED, threads and pinning as `effbench ab` sets them. Each process's
+median is one figure; the gate's own code (effbench.gate.process_gate: paired
+t-test on log ratios, planned looks with alpha spending, power-aware verdicts)
+is replayed on sessions drawn from these processes — A/B sessions from the
+neighbouring A and B processes, A/A sessions from the neighbouring A A and B B
+processes of the same order — giving the A/A false-alarm rate, the detection
+rate of the slowdown, and the pairs (processes per side) and minutes per gate.
 
-    .venv/bin/python benchmarks/gate_power.py                # ~5-10 min on 2 shared cores
-    .venv/bin/python benchmarks/gate_power.py --quick        # a smoke test of the script
-    .venv/bin/python benchmarks/gate_power.py --save s.json  # keep every sample; --analyse s.json re-reads them
+--mode repeats: the earlier design (docs/results/gate_power.md, first three
+measurements): many runs per worker process, the repeat-level test across and
+within processes.
+
+    .venv/bin/python benchmarks/gate_power.py --mode ab --pairs 60     # ~25 min on 2 quiet cores
+    .venv/bin/python benchmarks/gate_power.py --mode ab --quick        # a smoke test of the script
+    .venv/bin/python benchmarks/gate_power.py --mode repeats           # the earlier analysis, ~5-10 min
+    .venv/bin/python benchmarks/gate_power.py --save s.json            # keep every figure; --analyse s.json re-reads
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -172,9 +179,11 @@ def worker(args: argparse.Namespace) -> dict:
     factor = args.slowdown / share
     calib = one_run(0.0, 0)
     extra = int(args.memory * statistics.median(calib["peak"]))
+    # --variant: one run of one variant (mode ab); else --runs rounds of A B / B A (mode repeats).
+    rounds = [(args.variant,)] if args.variant else \
+        [("A", "B") if i % 2 == 0 else ("B", "A") for i in range(args.runs)]
     runs = []
-    for i in range(args.runs):
-        order = ("A", "B") if i % 2 == 0 else ("B", "A")
+    for i, order in enumerate(rounds):
         for variant in order:
             r = one_run(factor if variant == "B" else 0.0, extra if variant == "B" else 0)
             runs.append({"variant": variant, "round": i, **r})
@@ -343,46 +352,257 @@ def analyse(processes: list[dict], repeats: int, elapsed: float, load: float | N
     return "\n".join(lines) + "\n"
 
 
+# --- mode ab: one run per process, the process-level gate -------------------------------------------------------
+
+
+def measure_ab(args: argparse.Namespace) -> list[dict]:
+    """2 × pairs worker processes in the order A B B A …; one figure (median) per process."""
+    from effbench.gate.ab import parse_cpus, pinning, process_env
+
+    env, pin = process_env(args.hash_seed, args.threads), pinning(parse_cpus(args.cpus))
+    started = time.perf_counter()
+    processes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.pairs):
+            for variant in ("A", "B") if k % 2 == 0 else ("B", "A"):
+                out = Path(tmp, f"{variant}{k}.json")
+                t0 = time.perf_counter()
+                cmd = [sys.executable, __file__, "--worker", str(out), "--variant", variant, *_worker_args(args)]
+                subprocess.run(cmd, check=True, env=env, preexec_fn=pin)
+                w = json.loads(out.read_text())
+                (run,) = w["runs"]
+                processes.append({"variant": variant, "pair": k, "wall_s": time.perf_counter() - t0,
+                                  "tpot": statistics.median(run["tpot"]), "peak": statistics.median(run["peak"]),
+                                  "factor": w["factor"], "forward_share": w["forward_share"],
+                                  "extra_bytes": w["extra_bytes"], "threads": w["threads"]})
+            print(f"pair {k + 1}/{args.pairs} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    return processes
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    return ["--threads", str(args.threads), "--runs", str(args.runs), "--repeats", str(args.repeats),
+            "--slowdown", str(args.slowdown), "--memory", str(args.memory)]
+
+
+def session_pairs(processes: list[dict]) -> dict[str, list[tuple[dict, dict]]]:
+    """(baseline, candidate) process pairs of the order A B | B A | A B | B A …:
+    A/B from each A and its neighbouring B; A/A from the neighbouring A A and B B
+    at the joins (same code, as close in time), alternately oriented."""
+    ab = [(next(p for p in processes if p["pair"] == k and p["variant"] == "A"),
+           next(p for p in processes if p["pair"] == k and p["variant"] == "B"))
+          for k in sorted({p["pair"] for p in processes})]
+    aa = [(x, y) if i % 2 == 0 else (y, x)
+          for i, (x, y) in enumerate(zip(processes[1::2], processes[2::2])) if x["variant"] == y["variant"]]
+    return {"A/A": aa, "A/B": ab}
+
+
+def _records(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...]):
+    """The pairs as the run records `effbench ab` would store (tags and all)."""
+    import uuid
+
+    from effbench.gate.process_gate import looks_tag
+    from effbench.metrics.catalog import make_metric
+    from effbench.metrics.record import RunRecord, Source
+
+    def record(p: dict, side: str, k: int) -> RunRecord:
+        metrics = [make_metric("latency.tpot_s", p["tpot"], Source.TIMER, [p["tpot"]]),
+                   make_metric("memory.peak_bytes", p["peak"], Source.SAMPLED, [p["peak"]])]
+        return RunRecord(uuid.uuid4().hex, f"2026-01-01T00:00:{k:02d}", "ok", "inference", "inference", "tiny-llama",
+                         "fp32", {}, "gate-power", {"label": "this machine"}, {}, 0, metrics,
+                         tags=["ab:gate-power", f"side:{side}", f"pair:{k}", looks_tag(plan)])
+
+    return ([record(b, "A", k) for k, (b, _) in enumerate(pairs_)],
+            [record(c, "B", k) for k, (_, c) in enumerate(pairs_)])
+
+
+def replay(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...], gate):
+    """A live session over these pairs: gated at each planned look, stopped once decided."""
+    from effbench.gate.process_gate import evaluate_processes
+
+    for n in plan:
+        base, cand = _records(pairs_[:n], plan)
+        result = evaluate_processes(base, cand, gate, ended=n == plan[-1])
+        if result.decided or n == plan[-1]:
+            return result, n
+    raise AssertionError("unreachable: the last planned look ends the session")
+
+
+def gate_rates(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...], gate, sessions: int, seed: int,
+               exchangeable: bool) -> dict:
+    """Verdict shares over `sessions` sessions, each a random subset of the measured
+    pairs in random order (pairs are independent draws of the process lottery;
+    drawing without replacement never repeats one, which would fake a small spread),
+    plus the same over the disjoint blocks of measured pairs in time order.
+    `exchangeable` (A/A): each drawn pair's two sides swap at random, so the drawn
+    log ratios are symmetric about 0, as they are for the same code on both sides;
+    without it the pool's own mean, never exactly 0, would act as a true change."""
+    import numpy as np
+
+    from effbench.gate.stats import Verdict
+
+    rng = np.random.default_rng(seed)
+
+    def tally(draws):
+        out = {m: {v: 0 for v in Verdict} for m in ("latency.tpot_s", "memory.peak_bytes")}
+        sizes = []
+        for session in draws:
+            result, n = replay(session, plan, gate)
+            sizes.append(n)
+            for c in result.checks:
+                out[c.metric][c.verdict] += 1
+        total = max(len(sizes), 1)
+        return {m: {v.value: k / total for v, k in counts.items()} for m, counts in out.items()} | {
+            "n": len(sizes), "pairs_median": float(np.median(sizes)) if sizes else math.nan}
+
+    def draw(i: int) -> tuple[dict, dict]:
+        b, c = pairs_[i]
+        return (c, b) if exchangeable and rng.random() < 0.5 else (b, c)
+
+    boot = [[draw(i) for i in rng.permutation(len(pairs_))[:plan[-1]]] for _ in range(sessions)]
+    blocks = [pairs_[i:i + plan[-1]] for i in range(0, len(pairs_) - plan[-1] + 1, plan[-1])]
+    return {"resampled": tally(boot), "measured blocks": tally(blocks)}
+
+
+def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, load: float) -> str:
+    from effbench.gate import gate_from_dict
+    from effbench.gate.config import DEFAULT_TOLERANCES
+    from effbench.gate.process_stats import detectable_change, plan_looks, processes_needed
+
+    by = session_pairs(processes)
+    a = [p for p in processes if p["variant"] == "A"]
+    b = [p for p in processes if p["variant"] == "B"]
+    wall = statistics.mean(p["wall_s"] for p in processes)
+    tol_mem = DEFAULT_TOLERANCES["memory.peak_bytes"]
+
+    def log_sd(pairs_, key):
+        return statistics.stdev(math.log(c[key] / b_[key]) for b_, c in pairs_)
+
+    def cv(ps, key):
+        values = [p[key] for p in ps]
+        return statistics.stdev(values) / statistics.mean(values)
+
+    achieved = {k: statistics.median(p[k] for p in b) / statistics.median(p[k] for p in a) - 1
+                for k in ("tpot", "peak")}
+    lines = [
+        "## Setup", "",
+        f"- {len(processes)} worker processes, one after another, in the order A B B A A B …; one run each: "
+        f"1 warm-up, {args.repeats} measured repeats; tiny-llama (3.4M parameters), prompt {PROMPT}, {OUTPUT} output "
+        f"tokens, torch threads {processes[0]['threads']}, PYTHONHASHSEED={args.hash_seed}"
+        f"{f', pinned to CPUs {args.cpus}' if args.cpus else ''}; {elapsed:.0f} s in all ({wall:.1f} s per process, "
+        f"start-up included); load average {load:.1f} at the end, on {os.cpu_count()} cores.",
+        f"- Injected in B: a busy-wait of {statistics.mean(p['factor'] for p in b):.3f} × each forward's CPU time "
+        f"(+{args.slowdown:.0%} decode work) and {statistics.mean(p['extra_bytes'] for p in b) / 2**20:.1f} MiB held "
+        f"per repeat. Achieved, median B / median A: TPOT {achieved['tpot']:+.1%}, peak RSS {achieved['peak']:+.1%}.",
+        f"- Between-process spread of the process medians: TPOT CV {cv(a, 'tpot'):.1%} (A), {cv(b, 'tpot'):.1%} (B); "
+        f"sd of the log ratio of neighbouring processes: A/B {log_sd(by['A/B'], 'tpot'):.1%}, A/A "
+        f"{log_sd(by['A/A'], 'tpot'):.1%} ({len(by['A/B'])} and {len(by['A/A'])} pairs); peak RSS CV "
+        f"{cv(a, 'peak'):.2%}.",
+    ]
+    sd = log_sd(by["A/A"], "tpot")
+    for n in args.budgets:
+        mdc = math.expm1(detectable_change(sd, n, n, 0.05, 0.95, paired=True))
+        lines.append(f"- At that spread this runner resolves ≥ {mdc:.1%} TPOT changes at 95% power with {n} pairs "
+                     "(one look at alpha 0.05).")
+    for tol in args.tolerances:
+        need = processes_needed(math.log1p(tol), sd, 0.05, 0.95, paired=True, test="t")
+        lines.append(f"- A TPOT tolerance of +{tol:.1%} needs ≈ {need} processes per side (one look at alpha 0.05).")
+    lines += ["", f"## The process-level gate (`effbench ab` defaults: paired t-test on log ratios, alpha 0.05 with "
+                  "O'Brien–Fleming-type spending over 4 planned looks, power 0.95, Benjamini–Hochberg over the 2 "
+                  f"checks; peak memory +{tol_mem:.0%})", "",
+              f"{args.sessions} sessions per row, each a random subset of the measured pairs (A/A: each pair's sides "
+              "swapped at random), and, in brackets with their count, the disjoint blocks of measured pairs in "
+              "time order.", "",
+              "| TPOT tolerance | budget (pairs) | check | A/A false alarm | A/A pass | A/B detection "
+              "| A/B inconclusive | median pairs A/A, A/B | minutes per gate A/A, A/B |",
+              "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for tol in args.tolerances:
+        gate = gate_from_dict({"metrics": {"latency.tpot_s": f"+{tol * 100:g}%",
+                                           "memory.peak_bytes": f"+{tol_mem * 100:g}%"}}, "gate_power")
+        for budget in args.budgets:
+            if budget > len(by["A/A"]):
+                lines.append(f"| +{tol:.1%} | {budget} | more pairs than the {len(by['A/A'])} measured A/A pairs: "
+                             "measure more (--pairs) | | | | | | |")
+                continue
+            plan = plan_looks(min(args.min, budget), budget, args.looks)
+            rates = {kind: gate_rates(by[kind], plan, gate, args.sessions, args.seed, kind == "A/A")
+                     for kind in ("A/A", "A/B")}
+            for metric in ("latency.tpot_s", "memory.peak_bytes"):
+                def cell(kind, verdict):
+                    r, m = rates[kind]["resampled"], rates[kind]["measured blocks"]
+                    blocks = f" [{m[metric][verdict]:.0%} of {m['n']}]" if m["n"] else ""
+                    return f"{r[metric][verdict]:.1%}{blocks}"
+                sizes = [rates[k]["resampled"]["pairs_median"] for k in ("A/A", "A/B")]
+                minutes = [2 * n * wall / 60 for n in sizes]
+                lines.append(f"| +{tol:.1%} | {budget} | `{metric}` | {cell('A/A', 'regression')} | "
+                             f"{cell('A/A', 'pass')} | {cell('A/B', 'regression')} | {cell('A/B', 'inconclusive')} | "
+                             f"{sizes[0]:g}, {sizes[1]:g} | {minutes[0]:.1f}, {minutes[1]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--processes", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=10, help="A runs (and B runs) per process")
+    ap.add_argument("--mode", choices=["ab", "repeats"], default="ab",
+                    help="ab: one run per process, the process-level gate (default); repeats: the earlier analysis")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per worker (default 1; 0 = torch's default). On a shared, oversubscribed "
                          "machine two OpenMP threads spin at every barrier and per-token times swing tenfold")
-    ap.add_argument("--repeats", type=int, default=10, help="measured repeats per run (analysed at 3, 5 and this)")
+    ap.add_argument("--repeats", type=int, default=10, help="measured repeats per run")
     ap.add_argument("--slowdown", type=float, default=0.10)
     ap.add_argument("--memory", type=float, default=0.04)
-    ap.add_argument("--quick", action="store_true", help="2 processes × 2 runs: checks the script, measures nothing")
-    ap.add_argument("--save", metavar="JSON", help="also write every sample here")
-    ap.add_argument("--analyse", metavar="JSON", help="analyse samples saved by --save instead of measuring")
+    ap.add_argument("--quick", action="store_true", help="a few processes: checks the script, measures nothing")
+    ap.add_argument("--save", metavar="JSON", help="also write every figure here")
+    ap.add_argument("--analyse", metavar="JSON", help="analyse figures saved by --save instead of measuring")
+    ab = ap.add_argument_group("mode ab")
+    ab.add_argument("--pairs", type=int, default=60, help="A and B processes each (default 60)")
+    ab.add_argument("--hash-seed", type=int, default=0, help="PYTHONHASHSEED of every worker (default 0)")
+    ab.add_argument("--cpus", help="pin every worker to these CPUs (e.g. 0-1)")
+    ab.add_argument("--min", type=int, default=5, help="pairs at the first planned look (default 5, as effbench ab)")
+    ab.add_argument("--looks", type=int, default=4, help="planned looks (default 4, as effbench ab)")
+    ab.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40], help="pairs at the last look")
+    ab.add_argument("--tolerances", type=float, nargs="+", default=[0.05, 0.075], help="TPOT tolerances")
+    ab.add_argument("--sessions", type=int, default=200, help="resampled sessions per row (default 200)")
+    ab.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    rep = ap.add_argument_group("mode repeats")
+    rep.add_argument("--processes", type=int, default=4)
+    rep.add_argument("--runs", type=int, default=10, help="A runs (and B runs) per process")
     ap.add_argument("--worker", metavar="OUT", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=["A", "B"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.processes, args.runs, args.repeats = 2, 2, 5
+        args.pairs, args.budgets, args.min, args.looks, args.sessions = 4, [3], 2, 2, 20
     if args.worker:
         Path(args.worker).write_text(json.dumps(worker(args)))
         return
     if args.analyse:
         saved = json.loads(Path(args.analyse).read_text())
-        print(analyse(saved["processes"], saved["repeats"], saved["elapsed"], saved.get("load")))
+        if saved.get("mode", "repeats") == "ab":
+            vars(args).update(saved["settings"])
+            print(analyse_ab(saved["processes"], args, saved["elapsed"], saved["load"]))
+        else:
+            print(analyse(saved["processes"], saved["repeats"], saved["elapsed"], saved.get("load")))
         return
     started = time.perf_counter()
-    processes = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.processes):
-            out = Path(tmp, f"w{i}.json")
-            cmd = [sys.executable, __file__, "--worker", str(out), "--threads", str(args.threads), "--runs",
-                   str(args.runs), "--repeats", str(args.repeats), "--slowdown", str(args.slowdown),
-                   "--memory", str(args.memory)]
-            subprocess.run(cmd, check=True)
-            processes.append(json.loads(out.read_text()))
-            print(f"worker {i + 1}/{args.processes} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    if args.mode == "ab":
+        processes = measure_ab(args)
+    else:
+        processes = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.processes):
+                out = Path(tmp, f"w{i}.json")
+                subprocess.run([sys.executable, __file__, "--worker", str(out), *_worker_args(args)], check=True)
+                processes.append(json.loads(out.read_text()))
+                print(f"worker {i + 1}/{args.processes} done ({time.perf_counter() - started:.0f} s)",
+                      file=sys.stderr)
     elapsed, load = time.perf_counter() - started, os.getloadavg()[0]
     if args.save:
-        Path(args.save).write_text(json.dumps({"processes": processes, "repeats": args.repeats, "elapsed": elapsed,
-                                               "load": load}))
-    print(analyse(processes, args.repeats, elapsed, load))
+        settings = {k: getattr(args, k) for k in ("repeats", "hash_seed", "cpus", "slowdown")}
+        Path(args.save).write_text(json.dumps({"mode": args.mode, "processes": processes, "repeats": args.repeats,
+                                               "elapsed": elapsed, "load": load, "settings": settings}))
+    if args.mode == "ab":
+        print(analyse_ab(processes, args, elapsed, load))
+    else:
+        print(analyse(processes, args.repeats, elapsed, load))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ Commands:
   import   JSON run records (validated; re-import adds nothing)
   migrate  create or upgrade a SQL store's schema
   gate     CI regression gate: candidate vs baseline runs, noise-aware (exit 1 on regression)
+  ab       two sides (configs, checkouts, git refs) in interleaved fresh processes, then gated
   leaderboard  the leaderboard website (Streamlit) over the store, read-only
 
 Examples:
@@ -220,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
     gate_arguments(gt)
     gt.set_defaults(func=cmd_gate)
+
+    from effbench.gate.ab import HELP as AB_HELP, add_arguments as ab_arguments, cmd_ab
+
+    ab = with_db(sub.add_parser("ab", help="A/B in interleaved fresh processes, then gated (exit 1 on regression)",
+                                description=AB_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+    ab_arguments(ab)
+    ab.set_defaults(func=cmd_ab)
 
     lb = with_db(sub.add_parser("leaderboard", help="the leaderboard website over the store (read-only)"))
     lb.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")

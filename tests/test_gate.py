@@ -133,12 +133,65 @@ def test_gate_file_tolerances_and_directions():
     assert rules["quality.perplexity"].min_samples == 1 and g.alpha == 0.01
     with pytest.raises(GateConfigError, match="higher-is-better, so a regression is a decrease"):
         gate_from_dict({"metrics": {"throughput.decode_tokens_per_s": "+5%"}})
+    # The hint repeats the tolerance as written, sign corrected (it once said "-0.05%" for "+5%").
+    with pytest.raises(GateConfigError, match=r"write -5% or leave the sign out"):
+        gate_from_dict({"metrics": {"throughput.decode_tokens_per_s": "+5%"}})
+    with pytest.raises(GateConfigError, match=r"write \+0.05 or leave the sign out"):
+        gate_from_dict({"metrics": {"latency.tpot_s": -0.05}})
     with pytest.raises(GateConfigError, match="has no direction"):
         gate_from_dict({"metrics": {"compute.flops": "5%"}})
     with pytest.raises(GateConfigError, match="unknown key"):
         gate_from_dict({"metrics": {"latency.tpot_s": "5%"}, "alfa": 0.1})
     with pytest.raises(GateConfigError, match="tolerance must look like"):
         gate_from_dict({"metrics": {"latency.tpot_s": "five"}})
+
+
+def test_a_typo_in_a_metric_name_cannot_switch_the_gate_off(db, tmp_path, capsys):
+    with pytest.raises(GateConfigError, match=r"latency.tpot: unknown metric \(did you mean latency.tpot_s"):
+        gate_from_dict({"metrics": {"latency.tpot": "+5%"}})
+    with pytest.raises(GateConfigError, match="did you mean memory.peak_bytes"):
+        gate_from_dict({"metrics": {"memory.peak_byte": "+2%"}})
+    # lm-eval's scores are named by pattern: their direction comes with the stored metric.
+    rule = gate_from_dict({"metrics": {"quality.arc_easy.acc_norm": "1%"}}).rules[0]
+    assert rule.name == "quality.arc_easy.acc_norm" and rule.higher_is_better is None
+    url, store = db
+    store.write(stored_run("main", seed=1))
+    store.write(stored_run("pr", seed=2))
+    (tmp_path / "typo.yaml").write_text("metrics:\n  latency.tpot: +5%\n")
+    assert gate(url, "--candidate", "tag:pr", "--baseline", "tag:main", "--gate", str(tmp_path / "typo.yaml")) == 2
+    assert "latency.tpot_s" in capsys.readouterr().err
+    # A valid name that no run recorded: nothing is checked — loud, and a failure under --strict.
+    (tmp_path / "none.yaml").write_text("metrics:\n  quality.arc_easy.acc: 1%\n")
+    args = ["--candidate", "tag:pr", "--baseline", "tag:main", "--gate", str(tmp_path / "none.yaml")]
+    assert gate(url, *args) == 0
+    out, err = capsys.readouterr()
+    assert "WARNING: no check ran" in err and "NO CHECK RAN" in out
+    assert gate(url, *args, "--strict") == 1
+
+
+def test_false_alarms_are_controlled_over_the_whole_set_of_checks():
+    """Twenty checks, nineteen with nothing to see and one at p = 0.028: alone a
+    regression, among twenty (Benjamini–Hochberg: 0.028 × 20 > 0.05) not."""
+    base = [1.00, 1.01, 0.99, 1.02, 0.98]
+    suspicious = [0.995, 1.07, 1.04, 1.08, 1.03]
+    alone = compare_samples(base, suspicious, tolerance=0.0, higher_is_better=False)
+    assert alone.verdict is Verdict.REGRESSION and alone.p_regression == pytest.approx(7 / 252)
+
+    def gate_20(candidates):
+        runs = {"main": [], "pr": []}
+        for i, cand in enumerate(candidates):
+            for tag, samples in (("main", base), ("pr", cand)):
+                runs[tag].append(make_record(model=f"m{i:02d}", tags=[tag], hardware={"label": "x"}, metrics=[
+                    make_metric("latency.tpot_s", value=1.0, unit="s", higher_is_better=False, samples=samples)]))
+        return run_gate(runs["pr"], runs["main"], gate_from_dict({"metrics": {"latency.tpot_s": 0.0}}))
+
+    result = gate_20([suspicious] + [base] * 19)
+    assert len(result.checks) == 20 and not result.regressions
+    assert result.checks[0].comparison.p_regression == pytest.approx(7 / 252 * 20)
+    assert "Benjamini–Hochberg" in result.multiplicity
+    # Two clear ones (p = 1/252 each: 1/252 × 20/2 < 0.05) stay regressions among twenty.
+    clear = [x * 1.1 for x in base]
+    assert [c.pair[:3] for c in gate_20([clear, clear] + [base] * 18).regressions] == ["m00", "m01"]
 
 
 # --- pairing ----------------------------------------------------------------------------------------------------
@@ -317,7 +370,9 @@ def test_stored(effbench_gate):
 def test_pytest_plugin_fails_a_regressing_test(db, tmp_path):
     url, store = db
     store.write(stored_run("main", seed=1))
-    store.write(stored_run("pr", seed=2, slow=1.10))
+    # 15% slower: a 10% slowdown with these seeds measures +8.3%, p = 0.048 alone, which is not
+    # significant once the gate controls the false alarms of its two tested checks (Benjamini–Hochberg).
+    store.write(stored_run("pr", seed=2, slow=1.15))
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["effbench.gate.pytest_plugin"]\n')
     (tmp_path / "test_perf.py").write_text(PLUGIN_TEST)
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--effbench-db", url,

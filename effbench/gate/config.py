@@ -4,8 +4,10 @@
     alpha: 0.05          # one-sided significance of each check
     min_samples: 5       # fewer repeats on either side: inconclusive
     method: mannwhitney  # or bootstrap
-    match: names         # pair runs by model × technique × scenario (or: config)
+    match: names         # pair runs by model × technique × scenario (or: config; or: ab)
     pool: repeats        # samples = the newest run's repeats (or: runs, one median per run)
+    process_test: t      # match: ab — t-test on log ratios (or: permutation)
+    power: 0.95          # match: ab — the power behind "this runner resolves ≥ X% changes"
     metrics:
       latency.tpot_s: +5%              # may grow by up to 5%
       throughput.decode_tokens_per_s: -5%
@@ -18,10 +20,15 @@ metric's `higher_is_better` (effbench.metrics.catalog); a sign, if written, must
 agree with it (+ for lower-is-better, − for higher-is-better), so a typo such
 as `throughput.decode_tokens_per_s: +5%` is an error rather than a silent
 no-op. Numbers without `%` are fractions (0.05 = 5%).
+
+A metric name must be in the catalogue or look like an lm-eval score
+(`quality.<task>.<metric>`): a typo such as `latency.tpot` is an error naming
+the nearest known names, never a gate that silently checks nothing.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,11 +36,14 @@ from typing import Any
 
 import yaml
 
+from effbench.gate.process_stats import PROCESS_TESTS
 from effbench.gate.stats import METHODS
 from effbench.metrics.catalog import CATALOG
 
-MATCH_MODES = ("names", "config")
+MATCH_MODES = ("names", "config", "ab")
 POOL_MODES = ("repeats", "runs")
+# Scores lm-eval produces (effbench.quality.lm_eval_runner): quality.<task>.<metric>.
+LM_EVAL_METRIC = re.compile(r"^quality\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$")
 
 # Defaults measured by benchmarks/gate_power.py (docs/results/gate_power.md).
 DEFAULT_ALPHA = 0.05
@@ -41,6 +51,8 @@ DEFAULT_MIN_SAMPLES = 5
 DEFAULT_METHOD = "mannwhitney"
 DEFAULT_MATCH = "names"
 DEFAULT_POOL = "repeats"
+DEFAULT_PROCESS_TEST = "t"
+DEFAULT_POWER = 0.95
 DEFAULT_TOLERANCES = {
     "latency.tpot_s": 0.05,
     "latency.ttft_s": 0.10,
@@ -75,6 +87,8 @@ class GateConfig:
     method: str = DEFAULT_METHOD
     match: str = DEFAULT_MATCH
     pool: str = DEFAULT_POOL
+    process_test: str = DEFAULT_PROCESS_TEST
+    power: float = DEFAULT_POWER
     n_resamples: int = 4000
     seed: int = 0
     source: str = "built-in defaults"
@@ -106,13 +120,14 @@ def parse_tolerance(metric: str, spec: Any, higher_is_better: bool | None) -> fl
         value = float(spec)
         if value < 0:
             sign, value = "-", -value
+        number, percent = f"{value:g}", ""
     if sign and higher_is_better is not None:
         expected = "-" if higher_is_better else "+"
         if sign != expected:
             kind, worse = ("higher", "a decrease") if higher_is_better else ("lower", "an increase")
             raise GateConfigError(
-                f"{metric}: is {kind}-is-better, so a regression is {worse}; write {expected}{value:.4g}"
-                f"{'%' if isinstance(spec, str) and '%' in spec else ''} or leave the sign out (got {spec!r})")
+                f"{metric}: is {kind}-is-better, so a regression is {worse}; write {expected}{number}{percent} "
+                f"or leave the sign out (got {spec!r})")
     if value >= 1 and higher_is_better:
         raise GateConfigError(f"{metric}: a tolerance of {value:.0%} on a higher-is-better metric allows it to "
                               "reach zero; use less than 100%")
@@ -124,7 +139,19 @@ def _direction(metric: str) -> bool | None:
     return spec.higher_is_better if spec else None
 
 
+def check_metric_name(metric: str) -> None:
+    """A name the catalogue knows or an lm-eval score; else the nearest known names."""
+    if metric in CATALOG or LM_EVAL_METRIC.match(metric):
+        return
+    near = difflib.get_close_matches(metric, list(CATALOG), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(near)}?" if near else \
+        f"known families: {', '.join(sorted({n.split('.')[0] + '.*' for n in CATALOG}))}"
+    raise GateConfigError(f"{metric}: unknown metric ({hint}); names come from effbench.metrics.catalog, "
+                          "or quality.<task>.<metric> for lm-eval scores")
+
+
 def _rule(metric: str, spec: Any) -> MetricRule:
+    check_metric_name(metric)
     if metric in CATALOG and CATALOG[metric].higher_is_better is None:
         raise GateConfigError(f"{metric}: has no direction (higher_is_better is unset in the catalogue): "
                               "it describes the setup, it cannot regress")
@@ -162,6 +189,10 @@ def _check_settings(cfg: GateConfig) -> None:
         raise GateConfigError(f"match must be one of {', '.join(MATCH_MODES)}, got {cfg.match!r}")
     if cfg.pool not in POOL_MODES:
         raise GateConfigError(f"pool must be one of {', '.join(POOL_MODES)}, got {cfg.pool!r}")
+    if cfg.process_test not in PROCESS_TESTS:
+        raise GateConfigError(f"process_test must be one of {', '.join(PROCESS_TESTS)}, got {cfg.process_test!r}")
+    if not 0.5 <= cfg.power < 1:
+        raise GateConfigError(f"power must be in [0.5, 1), got {cfg.power}")
     if not cfg.rules:
         raise GateConfigError("the gate has no metrics: list some under `metrics:`")
 
@@ -173,7 +204,8 @@ def default_gate() -> GateConfig:
 def gate_from_dict(data: Any, source: str = "<dict>") -> GateConfig:
     if not isinstance(data, dict):
         raise GateConfigError(f"{source}: expected a mapping with a `metrics:` section, got {type(data).__name__}")
-    known = {"alpha", "min_samples", "method", "match", "pool", "metrics", "n_resamples", "seed"}
+    settings_keys = ("alpha", "min_samples", "method", "match", "pool", "process_test", "power", "n_resamples", "seed")
+    known = {*settings_keys, "metrics"}
     unknown = set(data) - known
     if unknown:
         raise GateConfigError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
@@ -185,8 +217,7 @@ def gate_from_dict(data: Any, source: str = "<dict>") -> GateConfig:
         rules = tuple(_rule(str(name), spec) for name, spec in metrics.items())
     except GateConfigError as e:
         raise GateConfigError(f"{source}: metrics.{e}") from None
-    settings = {k: data[k] for k in ("alpha", "min_samples", "method", "match", "pool", "n_resamples", "seed")
-                if k in data}
+    settings = {k: data[k] for k in settings_keys if k in data}
     cfg = GateConfig(rules, source=source, **settings)
     try:
         _check_settings(cfg)

@@ -3,7 +3,7 @@
 Selectors (`--candidate` / `--baseline`):
 
     run:ID[,ID...]    runs by id or unique id prefix
-    tag:NAME          runs carrying the tag (`effbench run tags=[NAME]`)
+    tag:NAME[,NAME]   runs carrying every listed tag (`effbench run tags=[NAME]`)
     branch:NAME       runs tagged `branch:NAME`, i.e. the newest run of each
                       pair on that branch (CI tags main's runs `branch:main`)
     commit:SHA        runs whose software.effbench_commit starts with SHA
@@ -19,6 +19,9 @@ Pairing (decided here, see docs/ci-and-cluster.md):
   sides (what a pull request does) does not split the pair — it is shown as a
   note. Config hashes would miss those pairs entirely.
 - `config`: a pair is one config hash: strict like-for-like, nothing else.
+- `ab`: each side is one configuration measured in many processes (`effbench ab`):
+  one median per process, processes paired by their `pair:<k>` tags, the looks
+  of the session replayed (effbench.gate.process_gate).
 
 On each side the newest run of a key is used; with `pool: runs` (`--pool runs`)
 every run of the key is, each contributing one sample — the median of its
@@ -40,7 +43,15 @@ import numpy as np
 
 from effbench.config.schema import NON_IDENTITY_KEYS
 from effbench.gate.config import GateConfig, MetricRule
-from effbench.gate.stats import Comparison, Verdict, compare_samples, compare_values
+from effbench.gate.stats import (
+    MULTIPLICITY,
+    Comparison,
+    Verdict,
+    adjust_for_multiplicity,
+    compare_samples,
+    compare_values,
+    decide,
+)
 from effbench.metrics.record import Metric, RunRecord, Source, Status
 from effbench.store.validate import RecordError
 
@@ -92,8 +103,9 @@ def select_runs(selector: Selector, open_store: Callable[[], Any]) -> list[RunRe
         except KeyError as e:
             raise GateUsageError(e.args[0]) from None
     elif selector.kind in ("tag", "branch"):
-        tag = selector.value if selector.kind == "tag" else f"branch:{selector.value}"
-        runs = open_store().runs(tag=tag)
+        tags = [t.strip() for t in selector.value.split(",") if t.strip()] if selector.kind == "tag" \
+            else [f"branch:{selector.value}"]
+        runs = [r for r in open_store().runs(tag=tags[0]) if set(tags[1:]) <= set(r.tags)]
     else:  # commit
         if len(selector.value) < 4:
             raise GateUsageError(f"commit:{selector.value}: give at least 4 characters of the commit")
@@ -119,7 +131,7 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _config_diff(a: dict[str, Any], b: dict[str, Any], limit: int = 3) -> str:
+def config_diff(a: dict[str, Any], b: dict[str, Any], limit: int = 3) -> str:
     fa, fb = flat_config(a), flat_config(b)
     keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
     shown = [f"{k}: {fa.get(k, '–')} → {fb.get(k, '–')}" for k in keys[:limit]]
@@ -176,7 +188,7 @@ def pair_runs(baseline: list[RunRecord], candidate: list[RunRecord], match: str 
         b, c = (b_runs or [None])[0], (c_runs or [None])[0]
         pair = Pair(labels[key], b, c, baseline_runs=b_runs, candidate_runs=c_runs)
         if b is not None and c is not None and b.config_hash != c.config_hash:
-            pair.notes.append(f"configs differ ({_config_diff(b.config, c.config)})")
+            pair.notes.append(f"configs differ ({config_diff(b.config, c.config)})")
         pairs.append(pair)
     in_candidate = {(r.model, r.technique, r.scenario) for r in candidate}
     for pair in pairs:
@@ -201,6 +213,10 @@ class CheckResult:
     detail: str = ""
     estimated: bool = False
     comparison: Comparison | None = None
+    pooled: bool = False  # samples are one median per run (pool: runs)
+    alpha: float | None = None  # the level the check was tested at (before multiplicity control)
+    detectable: float | None = None  # process checks: the minimum detectable change at the N reached
+    needed: int | None = None  # process checks too noisy for the tolerance: processes per side it needs
 
     @property
     def change(self) -> float:
@@ -216,6 +232,10 @@ class GateResult:
     candidate: str
     baseline: str
     n_pairs: int
+    multiplicity: str = ""  # how the false alarms of the whole set of checks are controlled
+    design: str = ""  # process-level gates: pairing, test, look and alpha spent
+    resolution: list[str] = field(default_factory=list)  # "this runner resolves ≥ 7% TPOT changes ..."
+    decided: bool = True  # process-level gates: a regression shown, or every testable check decided
 
     def count(self, verdict: Verdict) -> int:
         return sum(c.verdict is verdict for c in self.checks)
@@ -229,8 +249,8 @@ class GateResult:
         return [c for c in self.checks if c.verdict is Verdict.INCONCLUSIVE]
 
     def exit_code(self, strict: bool = False) -> int:
-        """0 pass, 1 regression (or, with strict, anything inconclusive)."""
-        if self.regressions or (strict and self.inconclusive):
+        """0 pass, 1 regression (or, with strict, anything inconclusive or no check at all)."""
+        if self.regressions or (strict and (self.inconclusive or not self.checks)):
             return 1
         return 0
 
@@ -239,49 +259,87 @@ class GateResult:
         return not self.regressions
 
 
-def _median(m: Metric) -> float:
+def metric_median(m: Metric) -> float:
     return float(np.median(m.samples)) if m.samples else m.value
+
+
+def direction(rule: MetricRule, base: Metric, cand: Metric) -> bool | None:
+    """The gate file's direction, else the stored metrics'."""
+    for hib in (rule.higher_is_better, cand.higher_is_better, base.higher_is_better):
+        if hib is not None:
+            return hib
+    return None
+
+
+def not_comparable(hib: bool | None, base: Metric, cand: Metric, same_hardware: bool) -> str | None:
+    """Why two figures cannot be tested against each other, or None."""
+    if hib is None:
+        return "no direction: set higher_is_better for this metric in the gate file"
+    if (base.source is Source.ESTIMATED) != (cand.source is Source.ESTIMATED):
+        return (f"source mismatch: {base.source.value} baseline vs {cand.source.value} candidate "
+                "(an estimate is not comparable with a measurement)")
+    if not same_hardware and not is_deterministic(base, cand):
+        return "measured on different hardware: not comparable"
+    return None
+
+
+def is_deterministic(base: Metric, cand: Metric) -> bool:
+    return base.source is Source.ANALYTIC and cand.source is Source.ANALYTIC
 
 
 def check_metric(pair: str, rule: MetricRule, base: Metric, cand: Metric, gate: GateConfig,
                  same_hardware: bool = True, samples: tuple[list[float], list[float]] | None = None) -> CheckResult:
-    """One metric of one pair. `samples` (baseline, candidate) replaces the two
-    metrics' repeat samples, e.g. with one median per run (pool: runs)."""
-    hib = rule.higher_is_better if rule.higher_is_better is not None else cand.higher_is_better
-    if hib is None:
-        hib = base.higher_is_better
+    """One metric of one pair, at the raw alpha (evaluate then controls the whole set).
+    `samples` (baseline, candidate) replaces the two metrics' repeat samples, e.g.
+    with one median per run (pool: runs)."""
+    hib = direction(rule, base, cand)
     estimated = Source.ESTIMATED in (base.source, cand.source)
-    result = CheckResult(pair, rule.name, Verdict.INCONCLUSIVE, cand.unit or base.unit, _median(base), _median(cand),
-                         _median(cand) / _median(base) if _median(base) else math.nan, rule.tolerance, hib,
-                         len(base.samples), len(cand.samples), estimated=estimated)
+    b_med, c_med = metric_median(base), metric_median(cand)
+    result = CheckResult(pair, rule.name, Verdict.INCONCLUSIVE, cand.unit or base.unit, b_med, c_med,
+                         c_med / b_med if b_med else math.nan, rule.tolerance, hib, len(base.samples),
+                         len(cand.samples), estimated=estimated, pooled=samples is not None)
     if samples is not None:
         result.baseline, result.candidate = float(np.median(samples[0])), float(np.median(samples[1]))
         result.ratio = result.candidate / result.baseline if result.baseline else math.nan
         result.n_baseline, result.n_candidate = len(samples[0]), len(samples[1])
-    if hib is None:
-        result.detail = "no direction: set higher_is_better for this metric in the gate file"
+    reason = not_comparable(hib, base, cand, same_hardware)
+    if reason:
+        result.detail = reason
         return result
-    if (base.source is Source.ESTIMATED) != (cand.source is Source.ESTIMATED):
-        result.detail = (f"source mismatch: {base.source.value} baseline vs {cand.source.value} candidate "
-                         "(an estimate is not comparable with a measurement)")
-        return result
-    deterministic = base.source is Source.ANALYTIC and cand.source is Source.ANALYTIC
-    if not same_hardware and not deterministic:
-        result.detail = "measured on different hardware: not comparable"
-        return result
+    deterministic = is_deterministic(base, cand)
     if deterministic:
         comp = compare_values(base.value, cand.value, tolerance=rule.tolerance, higher_is_better=hib)
         result.baseline, result.candidate = base.value, cand.value
     else:
         b_samples, c_samples = samples if samples is not None else (base.samples, cand.samples)
+        result.alpha = rule.alpha or gate.alpha
         comp = compare_samples(b_samples, c_samples, tolerance=rule.tolerance, higher_is_better=hib,
-                               alpha=rule.alpha or gate.alpha, min_samples=rule.min_samples or gate.min_samples,
+                               alpha=result.alpha, min_samples=rule.min_samples or gate.min_samples,
                                method=gate.method, n_resamples=gate.n_resamples, seed=gate.seed)
-    result.verdict, result.ratio, result.comparison = comp.verdict, comp.ratio, comp
-    result.detail = comp.reason + (" (estimated figures)" if estimated else "")
-    if samples is not None and not deterministic:
-        result.detail = "run medians: " + result.detail.replace("raise scenario.repeats", "run each side more times")
+    _set_comparison(result, comp)
     return result
+
+
+def _set_comparison(result: CheckResult, comp: Comparison) -> None:
+    result.verdict, result.ratio, result.comparison = comp.verdict, comp.ratio, comp
+    result.detail = comp.reason + (" (estimated figures)" if result.estimated else "")
+    if result.pooled and comp.method != "value":
+        result.detail = "run medians: " + result.detail.replace("raise scenario.repeats", "run each side more times") \
+            .replace("add repeats or rerun", "run each side more times")
+
+
+def control_false_alarms(checks: list[CheckResult]) -> str:
+    """Benjamini–Hochberg over every tested check's two p-values; each check's
+    verdict is decided again with its adjusted p-values. Returns the summary line."""
+    tested = [c for c in checks if c.comparison is not None and c.comparison.p_regression is not None]
+    if not tested:
+        return ""
+    p_reg = adjust_for_multiplicity([c.comparison.p_regression for c in tested])
+    p_imp = adjust_for_multiplicity([c.comparison.p_improvement for c in tested])
+    for c, pr, pi in zip(tested, p_reg, p_imp, strict=True):
+        _set_comparison(c, decide(c.comparison.ratio, c.tolerance, pr, pi, c.alpha, c.comparison.method,
+                                  c.comparison.interval, adjusted=len(tested) > 1))
+    return f"{MULTIPLICITY}: {len(tested)} tested checks"
 
 
 def run_medians(runs: list[RunRecord], metric: str, hardware: Any) -> list[float]:
@@ -291,11 +349,11 @@ def run_medians(runs: list[RunRecord], metric: str, hardware: Any) -> list[float
         if r.status is Status.OK and r.hardware.get("label") == hardware:
             m = next((m for m in r.metrics if m.name == metric), None)
             if m is not None:
-                out.append(_median(m))
+                out.append(metric_median(m))
     return out
 
 
-def _first_line(text: str | None) -> str:
+def first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
@@ -324,7 +382,7 @@ def evaluate(pairs: Iterable[Pair], gate: GateConfig, candidate: str = "candidat
         if c.status is not Status.OK or b.status is not Status.OK:
             if c.status is Status.FAILED and b.status is Status.OK:
                 checks.append(CheckResult(p.label, "run", Verdict.REGRESSION,
-                                          detail=f"candidate run {c.id[:8]} failed: {_first_line(c.error)}"))
+                                          detail=f"candidate run {c.id[:8]} failed: {first_line(c.error)}"))
             else:
                 checks.append(CheckResult(p.label, "run", Verdict.INCONCLUSIVE,
                                           detail=f"baseline {b.status.value}, candidate {c.status.value}"))
@@ -353,10 +411,14 @@ def evaluate(pairs: Iterable[Pair], gate: GateConfig, candidate: str = "candidat
         n_c = sum(p.candidate is not None for p in pairs)
         raise GateUsageError(f"no pair is in both the candidate ({n_c} pairs) and the baseline ({n_b} pairs): "
                              f"nothing to compare (pairing by {gate.match})")
-    for rule in gate.rules if gate.source != "built-in defaults" else ():
-        if rule.name not in used_rules:
-            notes.append(f"{rule.name}: gated but recorded by no compared pair")
-    return GateResult(checks, notes, gate, candidate, baseline, compared)
+    notes += unused_rule_notes(gate, used_rules)
+    multiplicity = control_false_alarms(checks)
+    return GateResult(checks, notes, gate, candidate, baseline, compared, multiplicity=multiplicity)
+
+
+def unused_rule_notes(gate: GateConfig, used_rules: set[str]) -> list[str]:
+    return [f"{rule.name}: gated but recorded by no compared pair"
+            for rule in (gate.rules if gate.source != "built-in defaults" else ()) if rule.name not in used_rules]
 
 
 def run_gate(candidate: str | Selector | list[RunRecord], baseline: str | Selector | list[RunRecord],
@@ -372,4 +434,8 @@ def run_gate(candidate: str | Selector | list[RunRecord], baseline: str | Select
 
     cand, cand_desc = side(candidate)
     base, base_desc = side(baseline)
+    if gate.match == "ab":
+        from effbench.gate.process_gate import evaluate_processes  # builds on this module
+
+        return evaluate_processes(base, cand, gate, cand_desc, base_desc)
     return evaluate(pair_runs(base, cand, gate.match), gate, cand_desc, base_desc)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from rich.table import Table
+from rich.text import Text
 
 from effbench.gate.core import CheckResult, GateResult
 from effbench.gate.stats import Verdict
@@ -45,33 +46,50 @@ def _metric(c: CheckResult) -> str:
     return CATALOG[c.metric].display + f" ({c.metric})" if c.metric in CATALOG else c.metric
 
 
+NO_CHECK = ("no check ran: no gated metric was recorded by both sides, so this gate tested nothing "
+            "(check the metric names in the gate file and the scenario the runs measured)")
+
+
 def headline(result: GateResult, strict: bool = False) -> str:
     counts = ", ".join(f"{result.count(v)} {v.value}" for v in Verdict)
     verdict = "FAIL" if result.exit_code(strict) else "PASS"
-    return (f"effbench gate {verdict}: {result.candidate} vs {result.baseline}, {result.n_pairs} pairs, "
+    text = (f"effbench gate {verdict}: {result.candidate} vs {result.baseline}, {result.n_pairs} pairs, "
             f"{len(result.checks)} checks ({counts})")
+    return text if result.checks else f"{text}: NO CHECK RAN"
+
+
+def method_line(result: GateResult) -> str:
+    """How the checks were tested and how the whole set's false alarms are controlled."""
+    g = result.gate
+    how = result.design or (f"{g.method}, one-sided alpha {g.alpha}, ≥ {g.min_samples} samples ({g.pool}) per side, "
+                            f"pairs matched by {g.match}")
+    return "; ".join(x for x in (how, result.multiplicity or "no tested checks: no multiplicity control needed",
+                                 f"gate: {g.source}") if x)
 
 
 def print_result(result: GateResult, strict: bool = False) -> None:
-    g = result.gate
-    table = Table(title=f"effbench gate: candidate {result.candidate} vs baseline {result.baseline}",
-                  caption=f"{g.method}, one-sided alpha {g.alpha}, ≥ {g.min_samples} samples ({g.pool}), pairs by {g.match}; "
-                          f"gate: {g.source}")
+    # Text, not markup strings: selectors such as tag:ab:ID would otherwise turn into emoji (:ab:),
+    # and brackets in a detail into markup.
+    table = Table(title=Text(f"effbench gate: candidate {result.candidate} vs baseline {result.baseline}"),
+                  caption=Text(method_line(result)))
     for col, justify in [("pair", "left"), ("metric", "left"), ("baseline", "right"), ("candidate", "right"),
                          ("change", "right"), ("allowed", "right"), ("n b/c", "right"), ("verdict", "left"),
                          ("why", "left")]:
         table.add_column(col, justify=justify, overflow="fold")
     last = None
     for c in result.checks:
-        table.add_row(c.pair if c.pair != last else "", _metric(c), _value(c, c.baseline), _value(c, c.candidate),
-                      _change(c), _allowed(c), _n(c), f"[{_STYLE[c.verdict]}]{c.verdict.value}[/]",
-                      f"[dim]{c.detail}[/]")
+        table.add_row(Text(c.pair if c.pair != last else ""), Text(_metric(c)), _value(c, c.baseline),
+                      _value(c, c.candidate), _change(c), _allowed(c), _n(c),
+                      Text(c.verdict.value, style=_STYLE[c.verdict]), Text(c.detail, style="dim"))
         last = c.pair
     console.print(table)
+    for line in result.resolution:
+        console.print(Text(line))
+    if not result.checks:
+        console.print(Text(f"WARNING: {NO_CHECK}", style="bold red"))
     for note in result.notes:
-        console.print(f"[dim]note: {note}[/]")
-    style = "bold red" if result.exit_code(strict) else "bold green"
-    console.print(f"[{style}]{headline(result, strict)}[/]")
+        console.print(Text(f"note: {note}", style="dim"))
+    console.print(Text(headline(result, strict), style="bold red" if result.exit_code(strict) else "bold green"))
 
 
 def _md_escape(text: str) -> str:
@@ -79,7 +97,6 @@ def _md_escape(text: str) -> str:
 
 
 def to_markdown(result: GateResult, strict: bool = False) -> str:
-    g = result.gate
     icon = "❌" if result.exit_code(strict) else "✅"
     lines = [f"### {icon} {_md_escape(headline(result, strict))}", ""]
     if result.regressions:
@@ -92,9 +109,10 @@ def to_markdown(result: GateResult, strict: bool = False) -> str:
             c.pair, f"`{c.metric}`", _value(c, c.baseline), _value(c, c.candidate), _change(c), _allowed(c), _n(c),
             f"{_ICON[c.verdict]} {c.verdict.value}", c.detail]) + " |")
     lines.append("")
-    lines.append(f"_{g.method}, one-sided alpha {g.alpha}, ≥ {g.min_samples} samples ({g.pool}) per side, "
-                 "pairs matched by "
-                 f"{g.match}; gate: {_md_escape(g.source)}. ≈ marks estimated figures._")
+    if not result.checks:
+        lines += [f"**⚠️ WARNING: {NO_CHECK}**", ""]
+    lines += [f"- {_md_escape(line)}" for line in result.resolution]
+    lines.append(f"_{_md_escape(method_line(result))}. ≈ marks estimated figures._")
     if result.notes:
         lines += ["", "<details><summary>notes</summary>", ""]
         lines += [f"- {_md_escape(n)}" for n in result.notes]

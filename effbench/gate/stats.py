@@ -16,9 +16,13 @@ Higher-is-better metrics mirror this (regression ⇔ smaller than baseline × (1
 Testing against the *shifted* baseline is what keeps A/A false alarms rare: a
 same-code rerun must be worse by more than t, significantly, to fail.
 
-The alternative method is a percentile bootstrap interval of the ratio of
-medians (candidate / baseline) at confidence 1 − 2·alpha, i.e. a one-sided
-alpha per tail: regression ⇔ the whole interval lies beyond 1 ± t.
+The alternative method is a percentile bootstrap of the ratio of medians
+(candidate / baseline): its one-sided p-value is the share of resampled ratios
+not beyond 1 ± t, so regression ⇔ (about) the 1 − 2·alpha interval lies beyond it.
+
+A gate runs many checks (metrics × pairs); `adjust_for_multiplicity` turns
+their p-values into Benjamini–Hochberg adjusted ones so the false discoveries of
+the whole set stay at alpha (effbench.gate.core applies it, then `decide`).
 
 Deterministic figures (source `analytic`: byte counts, FLOPs, evaluated
 perplexity) are not tested but compared by value against the same tolerance.
@@ -86,21 +90,49 @@ def ratio_of_medians(candidate: Sequence[float], baseline: Sequence[float]) -> f
     return float(np.median(candidate)) / b if b else math.nan
 
 
-def bootstrap_ratio_interval(candidate: Sequence[float], baseline: Sequence[float], *, confidence: float = 0.90,
-                             n_resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of median(candidate) / median(baseline),
-    each group resampled independently (scipy.stats.bootstrap, paired=False)."""
+def _bootstrap(candidate: Sequence[float], baseline: Sequence[float], *, confidence: float, n_resamples: int,
+               seed: int) -> tuple[float, float, np.ndarray]:
     c, b = np.asarray(candidate, float), np.asarray(baseline, float)
     if np.ptp(c) == 0 and np.ptp(b) == 0:  # no spread: every resample gives the same ratio
         r = ratio_of_medians(c, b)
-        return r, r
+        return r, r, np.array([r])
 
     def stat(x, y, axis=-1):
         return np.median(x, axis=axis) / np.median(y, axis=axis)
 
     res = stats.bootstrap((c, b), stat, paired=False, vectorized=True, n_resamples=n_resamples,
                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high), res.bootstrap_distribution
+
+
+def bootstrap_ratio_interval(candidate: Sequence[float], baseline: Sequence[float], *, confidence: float = 0.90,
+                             n_resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of median(candidate) / median(baseline),
+    each group resampled independently (scipy.stats.bootstrap, paired=False)."""
+    lo, hi, _ = _bootstrap(candidate, baseline, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    return lo, hi
+
+
+def bootstrap_p(distribution: np.ndarray, bound: float, beyond_above: bool) -> float:
+    """One-sided percentile-bootstrap p-value that the ratio lies beyond `bound`:
+    the share of resampled ratios that do not (with the +1 of a resampling test),
+    below alpha about when the 1 − 2·alpha percentile interval excludes the bound."""
+    not_beyond = np.count_nonzero(distribution <= bound if beyond_above else distribution >= bound)
+    if distribution.size == 1:  # no spread: the ratio is known
+        return float(not_beyond)
+    return (1 + not_beyond) / (1 + distribution.size)
+
+
+def adjust_for_multiplicity(p_values: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (scipy.stats.false_discovery_control):
+    a check whose adjusted p is below alpha is a discovery with the false
+    discovery rate of the whole set of checks held at alpha."""
+    if not len(p_values):
+        return []
+    return [float(p) for p in stats.false_discovery_control(np.asarray(p_values, float), method="bh")]
+
+
+MULTIPLICITY = "Benjamini–Hochberg over all tested checks (false discovery rate ≤ alpha)"
 
 
 def _bounds(tolerance: float) -> tuple[float, float]:
@@ -156,28 +188,36 @@ def compare_samples(baseline: Sequence[float], candidate: Sequence[float], *, to
         else:
             p_reg = mann_whitney_greater(c, worse_b, seed)  # candidate > baseline·(1+t)
             p_imp = mann_whitney_greater(better_b, c, seed)  # candidate < baseline·(1−t)
-        regression, improvement = p_reg < alpha, p_imp < alpha
-        extra = {"p_regression": p_reg, "p_improvement": p_imp}
-        evidence = f"p={p_reg:.3g}" if regression else f"p={p_imp:.3g}" if improvement else \
-            f"p_regression={p_reg:.3g}, p_improvement={p_imp:.3g}"
+        interval = None
     else:
-        lo, hi = bootstrap_ratio_interval(c, b, confidence=1 - 2 * alpha, n_resamples=n_resamples, seed=seed)
+        lo, hi, dist = _bootstrap(c, b, confidence=1 - 2 * alpha, n_resamples=n_resamples, seed=seed)
         if higher_is_better:
-            regression, improvement = hi < down, lo > up
+            p_reg, p_imp = bootstrap_p(dist, down, beyond_above=False), bootstrap_p(dist, up, beyond_above=True)
         else:
-            regression, improvement = lo > up, hi < down
-        extra = {"interval": (lo, hi)}
-        evidence = f"{(1 - 2 * alpha):.0%} interval of the ratio {lo:.3f}–{hi:.3f}"
+            p_reg, p_imp = bootstrap_p(dist, up, beyond_above=True), bootstrap_p(dist, down, beyond_above=False)
+        interval = (lo, hi)
+    return decide(ratio, tolerance, p_reg, p_imp, alpha, method, interval)
 
+
+def decide(ratio: float, tolerance: float, p_regression: float, p_improvement: float, alpha: float, method: str,
+           interval: tuple[float, float] | None = None, adjusted: bool = False) -> Comparison:
+    """The verdict from the two one-sided p-values (raw, or adjusted for multiplicity)."""
+    up, down = _bounds(tolerance)
+    regression, improvement = p_regression < alpha, p_improvement < alpha
+    p = "adjusted p" if adjusted else "p"
+    if interval is not None and not adjusted:
+        evidence = f"{(1 - 2 * alpha):.0%} interval of the ratio {interval[0]:.3f}–{interval[1]:.3f}"
+    else:
+        evidence = f"{p}={p_regression:.3g}" if regression else f"{p}={p_improvement:.3g}" if improvement else \
+            f"{p}_regression={p_regression:.3g}, {p}_improvement={p_improvement:.3g}"
+    extra = {"p_regression": p_regression, "p_improvement": p_improvement, "interval": interval, "method": method}
     if regression:
-        return Comparison(Verdict.REGRESSION, ratio, f"worse by more than {tolerance:.1%}: {evidence}",
-                          method=method, **extra)
+        return Comparison(Verdict.REGRESSION, ratio, f"worse by more than {tolerance:.1%}: {evidence}", **extra)
     if improvement:
-        return Comparison(Verdict.IMPROVEMENT, ratio, f"better by more than {tolerance:.1%}: {evidence}",
-                          method=method, **extra)
+        return Comparison(Verdict.IMPROVEMENT, ratio, f"better by more than {tolerance:.1%}: {evidence}", **extra)
     beyond = (ratio < down or ratio > up) if math.isfinite(ratio) else False
     if beyond:
         return Comparison(Verdict.INCONCLUSIVE, ratio,
                           f"median ratio {ratio:.3f} is beyond ±{tolerance:.1%} but not significant "
-                          f"({evidence}): add repeats or rerun", method=method, **extra)
-    return Comparison(Verdict.PASS, ratio, evidence, method=method, **extra)
+                          f"({evidence}): add repeats or rerun", **extra)
+    return Comparison(Verdict.PASS, ratio, evidence, **extra)
