@@ -400,7 +400,7 @@ def _records(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...]):
     """The pairs as the run records `effbench ab` would store (tags and all)."""
     import uuid
 
-    from effbench.gate.process_gate import looks_tag
+    from effbench.gate.options import looks_tag
     from effbench.metrics.catalog import make_metric
     from effbench.metrics.record import RunRecord, Source
 

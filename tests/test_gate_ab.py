@@ -18,7 +18,8 @@ from scipy import stats
 from effbench.cli import main as effbench_main
 from effbench.gate import gate_from_dict
 from effbench.gate.ab import AbError, absolute_store_url, parse_cpus, pinning, process_env
-from effbench.gate.process_gate import evaluate_processes, looks_tag
+from effbench.gate.options import looks_tag
+from effbench.gate.process_gate import evaluate_processes
 from effbench.gate.process_stats import (
     Outcome,
     detectable_change,

@@ -9,22 +9,21 @@ interleaved fresh processes; effbench.gate.process_stats and process_gate gate
 them one median per process, with planned looks and power-aware verdicts.
 """
 
-from effbench.gate.config import GateConfig, GateConfigError, MetricRule, default_gate, gate_from_dict, load_gate
-from effbench.gate.core import (
-    CheckResult,
-    GateResult,
-    GateUsageError,
-    Selector,
-    evaluate,
-    pair_runs,
-    parse_selector,
-    run_gate,
-    select_runs,
-)
-from effbench.gate.stats import Comparison, Verdict, compare_samples, compare_values
+import importlib
 
-__all__ = [
-    "CheckResult", "Comparison", "GateConfig", "GateConfigError", "GateResult", "GateUsageError", "MetricRule",
-    "Selector", "Verdict", "compare_samples", "compare_values", "default_gate", "evaluate", "gate_from_dict",
-    "load_gate", "pair_runs", "parse_selector", "run_gate", "select_runs",
-]
+# name -> submodule; imported on first use (PEP 562), so `effbench --help` and the
+# commands that only build their parsers never import scipy.
+_EXPORTS = {
+    **dict.fromkeys(("GateConfig", "GateConfigError", "MetricRule", "default_gate", "gate_from_dict", "load_gate"),
+                    "config"),
+    **dict.fromkeys(("CheckResult", "GateResult", "GateUsageError", "Selector", "evaluate", "pair_runs",
+                     "parse_selector", "run_gate", "select_runs"), "core"),
+    **dict.fromkeys(("Comparison", "Verdict", "compare_samples", "compare_values"), "stats"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'effbench.gate' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"effbench.gate.{_EXPORTS[name]}"), name)

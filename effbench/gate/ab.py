@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from effbench.gate.cli import EXIT_USAGE, add_gate_file_arguments, load_gate_options, report
-from effbench.gate.process_gate import PAIR_TAG, SESSION_TAG, SIDE_TAG, looks_tag
-from effbench.gate.stats import Verdict
+from effbench.gate.options import PAIR_TAG, SESSION_TAG, SIDE_TAG, looks_tag
 
 SIDE_KINDS = ("config", "path", "ref")
 # Keys `effbench ab` sets itself on every process: same for both sides by construction.
@@ -311,6 +310,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _look_line(result, n: int, elapsed: float) -> str:
+    from effbench.gate.stats import Verdict
+
     counts = ", ".join(f"{result.count(v)} {v.value}" for v in Verdict)
     state = "decided" if result.decided else "undecided"
     return f"effbench ab: look at {n} pairs, {elapsed / 60:.1f} min: {counts} ({state})"

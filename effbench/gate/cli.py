@@ -6,8 +6,7 @@ import argparse
 import re
 import sys
 
-from effbench.gate.config import MATCH_MODES
-from effbench.gate.process_stats import PROCESS_TESTS
+from effbench.gate.options import MATCH_MODES, PROCESS_TESTS
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 

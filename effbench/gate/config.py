@@ -36,12 +36,9 @@ from typing import Any
 
 import yaml
 
-from effbench.gate.process_stats import PROCESS_TESTS
-from effbench.gate.stats import METHODS
+from effbench.gate.options import MATCH_MODES, METHODS, POOL_MODES, PROCESS_TESTS
 from effbench.metrics.catalog import CATALOG
 
-MATCH_MODES = ("names", "config", "ab")
-POOL_MODES = ("repeats", "runs")
 # Scores lm-eval produces (effbench.quality.lm_eval_runner): quality.<task>.<metric>.
 LM_EVAL_METRIC = re.compile(r"^quality\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+$")
 

@@ -53,18 +53,16 @@ from effbench.gate.process_stats import (
     relative,
     schedule,
 )
+from effbench.gate.options import LOOKS_TAG, PAIR_TAG
 from effbench.gate.stats import Comparison, Verdict, adjust_for_multiplicity, compare_values
 from effbench.metrics.record import Metric, RunRecord, Source, Status
 
-SESSION_TAG, SIDE_TAG, PAIR_TAG, LOOKS_TAG = "ab:", "side:", "pair:", "ab-looks:"
 
 
 def tag_value(run: RunRecord, prefix: str) -> str | None:
     return next((t[len(prefix):] for t in run.tags if t.startswith(prefix)), None)
 
 
-def looks_tag(plan: Sequence[int]) -> str:
-    return LOOKS_TAG + "/".join(str(n) for n in plan)
 
 
 def session_plan(runs: Sequence[RunRecord]) -> tuple[int, ...] | None:

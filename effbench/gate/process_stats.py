@@ -46,7 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
-PROCESS_TESTS = ("t", "permutation")
+from effbench.gate.options import PROCESS_TESTS
+
 TEST_NAMES = {"t": "t-test on log ratios", "permutation": "sign-flip permutation test on log ratios"}
 UNPAIRED_TEST_NAMES = {"t": "Welch t-test on log figures", "permutation": "permutation test on log figures"}
 

@@ -39,7 +39,7 @@ from math import comb
 import numpy as np
 from scipy import stats
 
-METHODS = ("mannwhitney", "bootstrap")
+from effbench.gate.options import METHODS
 
 
 class Verdict(str, enum.Enum):
