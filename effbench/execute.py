@@ -106,6 +106,9 @@ def prepare(cfg: DictConfig) -> Plan:
         raise ConfigError(f"backend={run_cfg.backend.kind}: scenario={scenario.name} trains in this process; "
                           "only the inference and serve scenarios take another backend")
     store_url = check_url(run_cfg.store.url)
+    ghz = run_cfg.hardware.cpu_max_ghz
+    if ghz is not None and not 0 < ghz < 100:
+        raise ConfigError(f"hardware.cpu_max_ghz={ghz}: the CPU's max boost clock in GHz, e.g. 3.7")
     try:
         scenario.validate(run_cfg)
         check_data(run_cfg.data.source, run_cfg.data.path, run_cfg.data.heldout_fraction)
@@ -123,7 +126,7 @@ def prepare(cfg: DictConfig) -> Plan:
                                        _plain(run_cfg.scenario))
     subject = Subject(scenario=run_cfg.scenario, technique=technique, technique_config=run_cfg.technique,
                       model=model_cfg, data=run_cfg.data, quality=run_cfg.quality, backend=run_cfg.backend,
-                      seed=run_cfg.seed, baseline=baseline)
+                      hardware=run_cfg.hardware, seed=run_cfg.seed, baseline=baseline)
     return Plan(run_cfg, scenario, subject)
 
 

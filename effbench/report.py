@@ -19,6 +19,7 @@ _SCALES = {
     "s": [(1, "s"), (1e-3, "ms"), (1e-6, "µs")],
     "FLOP": [(1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1, "FLOP")],
     "FLOP/s": [(1e12, "TFLOP/s"), (1e9, "GFLOP/s"), (1e6, "MFLOP/s"), (1, "FLOP/s")],
+    "B/s": [(1e12, "TB/s"), (1e9, "GB/s"), (1e6, "MB/s"), (1e3, "kB/s"), (1, "B/s")],
     "params": [(1e9, "B params"), (1e6, "M params"), (1e3, "k params"), (1, "params")],
 }
 _SOURCE_STYLE = {

@@ -22,7 +22,7 @@ from effbench.registry import Registry
 if TYPE_CHECKING:
     import torch
 
-    from effbench.config.schema import DataConfig, QualityConfig, RunConfig
+    from effbench.config.schema import DataConfig, HardwareConfig, QualityConfig, RunConfig
     from effbench.data import Corpus
     from effbench.distributed import Distributed
     from effbench.metrics.record import Metric
@@ -55,6 +55,7 @@ class Subject:
     data: DataConfig
     quality: QualityConfig
     backend: Any  # the backend's schema instance (inference and serving)
+    hardware: HardwareConfig
     seed: int
     baseline: BaselineLookup | None = None
 

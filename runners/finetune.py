@@ -84,11 +84,12 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     from effbench.data.sft import encode, load_sft, pack
     from effbench.hardware import synchronize
     from effbench.metrics.catalog import make_metric
+    from effbench.metrics.peaks import linear_shapes
     from effbench.metrics.record import Metric, Source
     from effbench.models import load_model, parameter_counts
     from effbench.techniques.peft_common import trainable_parameters
     from runners.sft import RowSampler, response_loss, spread
-    from runners.training import (StepPlan, StepWork, autocast_for, count_step_flops, make_train_step,
+    from runners.training import (StepPlan, StepWork, autocast_for, count_step_flops, flops_warnings, make_train_step,
                                   measured_training, use_bf16)
 
     sc: FinetuneScenario = subject.scenario
@@ -159,9 +160,10 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
                     analytic_rule="(4·N + 2·N_trainable)·tokens per rank: forward 2·N, activation gradients 2·N "
                                   "(an upper bound when the lowest layers are frozen), weight gradients 2·N_trainable "
                                   "(full fine-tuning: 6·N)",
-                    compute_dtype=torch.bfloat16 if bf16 else torch.float32)
+                    compute_dtype=torch.bfloat16 if bf16 else torch.float32, linear_shapes=linear_shapes(model),
+                    micro_tokens=sc.micro_batch_size * sc.seq_len)
     trained = measured_training(train_step, lambda: evaluate_on(eval_set)[0], plan, work, device, dist,
-                                f"{loaded.name} × {tcfg.name}")
+                                f"{loaded.name} × {tcfg.name}", subject.hardware.cpu_max_ghz)
 
     extra: list[Metric] = []
     if sc.merge_adapter and hasattr(model, "merge_and_unload"):
@@ -188,7 +190,8 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     if sc.save_artifact and dist.is_main:
         export = technique.export(model, tcfg) if technique.export is not None else model
         artifact = save_artifact(export, tok, ctx.run_id)
-    return ScenarioResult(metrics, artifact=artifact, model_name=loaded.name)
+    return ScenarioResult(metrics, artifact=artifact, model_name=loaded.name, provenance=loaded.provenance,
+                          warnings=flops_warnings(step_flops))
 
 
 SPEC = register_scenario(ScenarioSpec("finetune", FinetuneScenario, validate, run, axes=("finetuning",)))

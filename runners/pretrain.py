@@ -64,11 +64,12 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
 
     from effbench.artifacts import save_artifact
     from effbench.metrics.catalog import make_metric
+    from effbench.metrics.peaks import linear_shapes
     from effbench.metrics.quality import heldout_loss, perplexity_metrics
     from effbench.metrics.record import Source
     from effbench.models import load_model, parameter_counts
-    from runners.training import (BatchSampler, StepPlan, StepWork, autocast_for, count_step_flops, make_train_step,
-                                  measured_training, use_bf16)
+    from runners.training import (BatchSampler, StepPlan, StepWork, autocast_for, count_step_flops, flops_warnings,
+                                  make_train_step, measured_training, use_bf16)
 
     sc: PretrainScenario = subject.scenario
     device, dist = ctx.device, ctx.dist
@@ -116,9 +117,10 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     work = StepWork(tokens=tokens_per_step, samples=global_rows, flops=step_flops,
                     flops_analytic=6 * params["active_non_embedding"] * tokens_per_step / dist.world_size,
                     analytic_rule="6·N·tokens per rank (forward + backward; N = active non-embedding)",
-                    compute_dtype=torch.bfloat16 if bf16 else torch.float32)
-    trained = measured_training(train_step, evaluate, plan, work, device, dist,
-                                subject.label)
+                    compute_dtype=torch.bfloat16 if bf16 else torch.float32, linear_shapes=linear_shapes(model),
+                    micro_tokens=sc.micro_batch_size * sc.seq_len)
+    trained = measured_training(train_step, evaluate, plan, work, device, dist, subject.label,
+                                subject.hardware.cpu_max_ghz)
 
     metrics = trained.metrics(params["total"]) + [
         *perplexity_metrics(model.eval(), heldout_ids[: sc.eval_tokens * 2], sc.seq_len, device),
@@ -126,7 +128,7 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
         make_metric("model.active_parameters", params["active"], Source.ANALYTIC, note="per token; MoE: top-k experts"),
     ]
     artifact = save_artifact(model, tok, ctx.run_id) if sc.save_artifact and dist.is_main else None
-    return ScenarioResult(metrics, artifact=artifact)
+    return ScenarioResult(metrics, artifact=artifact, warnings=flops_warnings(step_flops))
 
 
 # A precision technique trains the preset's own architecture in that format (the baseline of the axis).

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from effbench.distributed import Distributed
 from effbench.hardware import synchronize
 from effbench.metrics.catalog import from_samples, make_metric
-from effbench.metrics.flops import count_flops
+from effbench.metrics.flops import FlopCount, count_flops
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.trackers import standard_window
 
@@ -102,10 +102,12 @@ class StepWork:
 
     tokens: int  # all ranks
     samples: int  # all ranks
-    flops: int  # counted, this rank
+    flops: FlopCount  # counted, this rank (flops None: not countable, the note says why)
     flops_analytic: float  # this rank, by `analytic_rule`
     analytic_rule: str
     compute_dtype: torch.dtype  # for the device's peak FLOP/s (MFU)
+    linear_shapes: list[tuple[int, int]]  # the model's (in, out) linear shapes, for the achievable-peak probe
+    micro_tokens: int  # tokens of one micro-batch on this rank
 
 
 def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, next_batch: Callable[[], Batch],
@@ -134,15 +136,20 @@ def make_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     return train_step
 
 
+def flops_warnings(count: FlopCount) -> list[str]:
+    """What a record says when FLOPs could not be counted (and so MFU is missing)."""
+    return [] if count.flops is not None else [f"compute.flops not counted, so no MFU: {count.note}"]
+
+
 def count_step_flops(model: torch.nn.Module, micro_batch: Batch, grad_accum: int, autocast: AbstractContextManager,
-                     optimizer: torch.optim.Optimizer) -> int:
+                     optimizer: torch.optim.Optimizer) -> FlopCount:
     """FLOPs of one optimizer step on this rank: forward + backward of one
     micro-batch × micro-batches per step, on the bare model (no all-reduce),
     outside any window. The gradients it leaves are dropped."""
     with autocast:
-        micro = count_flops(lambda: model(**micro_batch).loss.backward()).flops
+        micro = count_flops(lambda: model(**micro_batch).loss.backward())
     optimizer.zero_grad(set_to_none=True)
-    return micro * grad_accum
+    return micro.times(grad_accum)
 
 
 def merge_ranks(per_rank: list[list[Metric]], dist: Distributed) -> list[Metric]:
@@ -219,7 +226,8 @@ class TrainingRun:
 
 
 def measured_training(train_step: Callable[[], float], evaluate: Callable[[], float], plan: StepPlan, work: StepWork,
-                      device: torch.device, dist: Distributed, desc: str) -> TrainingRun:
+                      device: torch.device, dist: Distributed, desc: str, cpu_max_ghz: float | None = None
+                      ) -> TrainingRun:
     """Warm-up, then measured segments with a held-out evaluation after each (module docstring)."""
     bar = tqdm(total=plan.total_steps, desc=desc, unit="step", leave=False, disable=not dist.is_main)
     losses = []
@@ -228,8 +236,9 @@ def measured_training(train_step: Callable[[], float], evaluate: Callable[[], fl
         bar.update()
 
     window = standard_window(device, work.compute_dtype, tokens_per_window=work.tokens * plan.eval_every,
-                             flops_per_window=work.flops * plan.eval_every,
-                             flops_analytic=work.flops_analytic * plan.eval_every, analytic_rule=work.analytic_rule)
+                             flops=work.flops.times(plan.eval_every),
+                             flops_analytic=work.flops_analytic * plan.eval_every, analytic_rule=work.analytic_rule,
+                             linear_shapes=work.linear_shapes, tokens=work.micro_tokens, cpu_max_ghz=cpu_max_ghz)
     step_s, eval_losses = [], []
     for _ in range(plan.segments):
         with window.measure():

@@ -9,7 +9,7 @@ import torch
 
 from effbench.hardware import CpuDescription, CpufreqLimit, cpu_physical_cores, last_level_cache_bytes
 from effbench.metrics import peaks, probe_cache
-from effbench.metrics.bandwidth import (Bandwidth, decode_bytes_moved, decode_bytes_per_step, mbu, mbu_metric,
+from effbench.metrics.bandwidth import (Bandwidth, decode_bytes_moved, decode_bytes_per_step, decode_memory_metrics, mbu,
                                         memory_bandwidth, stream_probe)
 from effbench.metrics.gpu_datasheets import datasheet
 from effbench.metrics.peaks import (Clock, NoTheoreticalPeak, achievable_peak, choose_clock, cpu_peak, gpu_peak,
@@ -191,7 +191,8 @@ def test_decode_bytes_match_a_hand_computation():
     assert decode_bytes_moved(1000, 10, batch=2, prompt_tokens=5, output_tokens=1) == 0  # all prefill
     bw = Bandwidth(1710.0, Source.TIMER, "test")
     assert mbu(3420, 2.0, bw) == pytest.approx(1.0)
-    metric = mbu_metric(1000, 10, 2, 5, 4, [2.0, 4.0], bw)
+    decode, window, metric = decode_memory_metrics(1000, 10, 2, 5, 4, [2.0, 4.0], bw)
+    assert decode.value == 3420 and window.value == 1000 + 3420  # prefill reads the weights once
     assert metric.samples == pytest.approx([1.0, 0.5]) and metric.source is Source.TIMER
     with pytest.raises(ValueError):
         mbu(3420, 0.0, bw)

@@ -12,7 +12,7 @@ import torch
 
 from effbench.backends.base import Capability
 from effbench.metrics.compression import SizeBytes, baseline_dtype, serialized_size_at, serialized_size_bytes
-from effbench.metrics.flops import count_flops
+from effbench.metrics.flops import FlopCount, count_flops
 from effbench.metrics.latency import RequestTiming, TokenTimer
 from effbench.models import load_model, parameter_counts
 from effbench.techniques import torch_dtype
@@ -47,13 +47,14 @@ class HfBackend:
         self.parameters: dict[str, int] = {}
         self._timer: TokenTimer | None = None
         self._size: SizeBytes | None = None
+        self.last_cache = None  # the generation cache of the last timed generate()
 
     def load(self, subject: Subject, device: torch.device) -> None:
         technique = subject.technique
         technique.check_device(device)
         loaded = load_model(subject.model, technique.load_dtype(subject.technique_config))
         self.tokenizer, self.model_name, self.device = loaded.tokenizer, loaded.name, device
-        self.provenance = dict(getattr(loaded, "provenance", None) or {})
+        self.provenance = dict(loaded.provenance)
         model = loaded.model
         self.parameters = parameter_counts(model)
         self.reference_dtype = baseline_dtype(device.type)
@@ -74,15 +75,17 @@ class HfBackend:
 
     def generate(self, input_ids: torch.Tensor, output_tokens: int) -> RequestTiming:
         self._timer.reset()
-        self.model.generate(**self._kwargs(input_ids, output_tokens), streamer=self._timer)
+        out = self.model.generate(**self._kwargs(input_ids, output_tokens), streamer=self._timer,
+                                  return_dict_in_generate=True)
+        self.last_cache = out.past_key_values  # what the KV-cache figures count
         return self._timer.timing()
 
     def generate_untimed(self, input_ids: torch.Tensor, output_tokens: int) -> None:
         """A warm-up call: same work, no streamer."""
         self.model.generate(**self._kwargs(input_ids, output_tokens))
 
-    def count_generate_flops(self, input_ids: torch.Tensor, output_tokens: int) -> int | None:
-        return count_flops(lambda: self.model.generate(**self._kwargs(input_ids, output_tokens))).flops
+    def count_generate_flops(self, input_ids: torch.Tensor, output_tokens: int) -> FlopCount:
+        return count_flops(lambda: self.model.generate(**self._kwargs(input_ids, output_tokens)))
 
     def _kwargs(self, input_ids: torch.Tensor, output_tokens: int) -> dict:
         extra = {"cache_implementation": self.cache_implementation} if self.cache_implementation else {}
@@ -90,5 +93,5 @@ class HfBackend:
                                    attention_mask=torch.ones_like(input_ids), **extra)
 
     def close(self) -> None:
-        self.model = None
+        self.model = self.last_cache = None
         gc.collect()

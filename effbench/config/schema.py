@@ -104,6 +104,9 @@ class QualityConfig:
 class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None  # torch CPU threads; None keeps torch's default
+    # The CPU's max boost clock, for the theoretical peak FLOP/s when the machine does not say it
+    # (a VM without cpufreq); None: $EFFBENCH_CPU_MAX_GHZ, else effbench.metrics.peaks' choice.
+    cpu_max_ghz: Optional[float] = None
 
 
 @dataclass

@@ -141,11 +141,18 @@ def bandwidth_metric(bandwidth: Bandwidth) -> Metric:
                        note=bandwidth.note)
 
 
-def mbu_metric(weight_bytes: float, kv_bytes_per_token: float, batch: int, prompt_tokens: int,
-               output_tokens: int, decode_seconds: Sequence[float], bandwidth: Bandwidth) -> Metric:
-    """compute.mbu per repeat, its bytes model in the note."""
+def decode_memory_metrics(weight_bytes: float, kv_bytes_per_token: float, batch: int, prompt_tokens: int,
+                          output_tokens: int, decode_seconds: Sequence[float], bandwidth: Bandwidth) -> list[Metric]:
+    """compute.decode_bytes_moved and compute.bytes_moved (per generate(), the bytes model in the
+    note) and compute.mbu per repeat: decode bytes ÷ that repeat's decode time ÷ bandwidth."""
     moved = decode_bytes_moved(weight_bytes, kv_bytes_per_token, batch, prompt_tokens, output_tokens)
-    note = (f"{moved:.4g} B per generate() = Σ over {output_tokens - 1} decode steps of weights {weight_bytes:.4g} B "
-            f"+ {batch} × (prompt {prompt_tokens} + step) × {kv_bytes_per_token:.4g} B/token KV; "
-            f"÷ decode time ÷ {bandwidth.bytes_per_s / 1e9:.1f} GB/s ({bandwidth.note})")
-    return from_samples("compute.mbu", [mbu(moved, s, bandwidth) for s in decode_seconds], Source.TIMER, note)
+    model = (f"Σ over {output_tokens - 1} decode steps of weights {weight_bytes:.4g} B + {batch} × (prompt "
+             f"{prompt_tokens} + step) × {kv_bytes_per_token:.4g} B/token KV")
+    return [
+        make_metric("compute.decode_bytes_moved", moved, Source.ANALYTIC, note=model),
+        make_metric("compute.bytes_moved", weight_bytes + moved, Source.ANALYTIC,
+                    note=f"prefill reads the weights once ({weight_bytes:.4g} B) + decode: {model}"),
+        from_samples("compute.mbu", [mbu(moved, s, bandwidth) for s in decode_seconds], Source.TIMER,
+                     f"{moved:.4g} B decode bytes ÷ decode time (e2e − TTFT) ÷ {bandwidth.bytes_per_s / 1e9:.1f} GB/s "
+                     f"({bandwidth.note})"),
+    ]

@@ -100,6 +100,12 @@ _SPECS = [
                "Achieved / achievable peak FLOP/s (the model's own linear shapes, timed).", UTILIZATION),
     MetricSpec("compute.memory_bandwidth_bytes_per_s", "B/s", None, "compute", "Mem bandwidth",
                "Memory bandwidth: GPU datasheet, or a STREAM-style copy/triad probe on a CPU.", POSITIVE),
+    MetricSpec("compute.decode_bytes_moved", "B", None, "compute", "Decode bytes",
+               "Bytes the decode steps of one generate() read by the bytes model (weights + KV cache per step): "
+               "MBU's numerator.", POSITIVE),
+    MetricSpec("compute.bytes_moved", "B", None, "compute", "Bytes moved",
+               "Bytes one window moves by the bytes model: the weights once for prefill plus the decode bytes; "
+               "arithmetic intensity = compute.flops / this (the roofline's x).", POSITIVE),
     MetricSpec("compute.mbu", "fraction", True, "compute", "MBU",
                "Memory-bandwidth utilization: decode bytes read (weights + KV cache) / decode time / bandwidth.",
                UTILIZATION),

@@ -41,9 +41,10 @@ class ComputeTracker:
     def __init__(self, device: torch.device, dtype: torch.dtype, flops_per_window: int | None = None,
                  flops_analytic: float | None = None, analytic_rule: str = "2·N·tokens",
                  linear_shapes: Sequence[tuple[int, int]] | None = None, tokens: int | None = None,
-                 cpu_max_ghz: float | None = None):
+                 cpu_max_ghz: float | None = None, flops_note: str = "torch.utils.flop_counter, one window"):
         self.device = device
         self.flops = flops_per_window
+        self.flops_note = flops_note
         self.flops_analytic = flops_analytic
         self.analytic_rule = analytic_rule
         self.achievable = self.peak = None
@@ -88,7 +89,7 @@ class ComputeTracker:
             return [pcu]
         peak, achievable = self.peak, self.achievable
         return [
-            make_metric("compute.flops", self.flops, Source.ANALYTIC, note="torch.utils.flop_counter, one window"),
+            make_metric("compute.flops", self.flops, Source.ANALYTIC, note=self.flops_note),
             make_metric("compute.flops_analytic", self.flops_analytic, Source.ANALYTIC, note=self.analytic_rule),
             make_metric("compute.peak_flops_per_s", peak.flops_per_s, peak.source, note=peak.note),
             make_metric("compute.achievable_peak_flops_per_s", achievable.flops_per_s, achievable.source,

@@ -47,6 +47,10 @@ class FlopCount:
     flops: int | None
     note: str
 
+    def times(self, n: int) -> FlopCount:
+        """The count of n such calls (None stays None)."""
+        return FlopCount(None if self.flops is None else self.flops * n, self.note)
+
 
 def causal_pairs(s_q: int, s_k: int) -> int:
     """(query, key) pairs an `is_causal` mask leaves: query i sees keys 0..i (top-left aligned)."""

@@ -194,6 +194,16 @@ def model_resident_bytes(model: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
+def decode_weight_bytes(model: torch.nn.Module) -> int:
+    """The weight bytes one decode step reads: every resident tensor but the input embedding,
+    of which a step looks up a row per sequence (unless it is tied to the LM head, which
+    reads all of it)."""
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight is emb
+    return model_resident_bytes(model) - (0 if tied else emb.untyped_storage().nbytes())
+
+
 def resident_memory_metrics(model: torch.nn.Module, cache=None, peak_bytes: float | None = None) -> list[Metric]:
     """memory.model_resident_bytes; memory.kv_cache_bytes of a generation cache; and,
     given the window's peak (memory.peak_bytes), memory.runtime_share: how much of

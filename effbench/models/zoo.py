@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,8 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
+    # Where the weights came from when a file was converted (GGUF: the file, its sha256, the dequantization)
+    provenance: dict = field(default_factory=dict)
 
 
 def _byte_tokenizer() -> PreTrainedTokenizerBase:

@@ -40,9 +40,9 @@ def upgrade(connection: Connection, stamp: str | None = None) -> None:
     revision an unversioned store already has (its tables exist, its version table does not)."""
     import logging
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are not the user's business
     from alembic import command
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are not the user's business
     cfg = _config(connection)
     if stamp is not None:
         command.stamp(cfg, stamp)
