@@ -81,7 +81,7 @@ def validate(cfg: DictConfig) -> RunConfig:
 
 def prepare(cfg: DictConfig) -> Plan:
     """Validate the config and resolve the subject; ConfigError for anything that cannot run."""
-    from effbench.backends import BACKENDS
+    from effbench.backends import BACKENDS, validate_backend
     from effbench.data.corpus import check_data
     from effbench.models.checks import check_model
     from effbench.store.base import check_url
@@ -113,11 +113,12 @@ def prepare(cfg: DictConfig) -> Plan:
         scenario.validate(run_cfg)
         check_data(run_cfg.data.source, run_cfg.data.path, run_cfg.data.heldout_fraction)
         model_cfg = technique.configure_model(run_cfg.model, run_cfg.technique)
-        # A model behind another backend (a server) is the server's to load.
-        meta = check_model(model_cfg) if run_cfg.backend.kind == "hf" else None
+        # Checked for every backend: a server's model is the run's model (its tokenizer makes the prompts).
+        meta = check_model(model_cfg)
         if technique.check is not None and meta is not None:
             # The technique's own check on that model (e.g. LoRA target modules it lacks).
             technique.check(meta, run_cfg.technique)
+        validate_backend(run_cfg, scenario.name)  # last: it may ask a server's URL whether it is up
     except ValueError as e:  # ConfigError included
         raise ConfigError(str(e)) from None
     baseline = None

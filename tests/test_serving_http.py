@@ -4,29 +4,28 @@ fails on purpose; the managed server's lifecycle; the server's cost on a
 process of known size; the steady-state window, the knee and the Wilson-based
 capacity search on hand-made data."""
 
-import asyncio
 import itertools
-import json
 import math
 import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 
 import psutil
 import pytest
+from omegaconf import OmegaConf
+from serving_stub import serving, stub_app
 
+from effbench.hydra_app import CONFIG_DIR
 from effbench.metrics.latency import RequestTiming
-from effbench.serving.capacity import SweepPoint, find_capacity, http_measure, knee, sweep_point, wilson
-from effbench.serving.config import CapacityLoad, Endpoint, HttpServeConfig
+from effbench.serving.capacity import SweepPoint, find_capacity, knee, load_measure, sweep_point, wilson
+from effbench.serving.config import CapacityLoad, Endpoint
 from effbench.serving.figures import http_serving_metrics, steady_energy
 from effbench.serving.http_load import HttpLoadResult, run_http_load
 from effbench.serving.load import ClosedLoop, OpenLoop, Waves, poisson_offsets
-from effbench.serving.managed import (TRANSFORMERS_SERVE, TRANSFORMERS_SERVE_EXTRA_BODY, ManagedServer,
-                                      ServerStartError, free_port)
+from effbench.serving.managed import ManagedServer, ServerStartError, free_port
 from effbench.serving.openai_client import (OpenAIStreamClient, ServerUnavailable, StreamedRequest, check_server,
                                             count_chunk_tokens, spread_token_times)
 from effbench.serving.prompts import Prompt, exact_token_prompts
@@ -34,6 +33,8 @@ from effbench.serving.server_cost import ServerCostTracker
 from effbench.serving.steady import steady_window
 
 PROMPT_TOKENS, MAX_TOKENS = 24, 12
+# The ready-made transformers serve: its command (with KV-cache caps for a CPU) and the body that disables EOS.
+TRANSFORMERS_SERVE = OmegaConf.load(CONFIG_DIR / "backend" / "transformers-serve.yaml")
 
 
 # ---------------------------------------------------------------- a real transformers serve
@@ -80,10 +81,7 @@ def served_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(served_model, tmp_path_factory):
     model_dir, _, _ = served_model
-    # Continuous batching on a CPU sizes its KV cache from free host memory
-    # (11 GiB seen on a 24 GiB machine): cap it to what the tests need.
-    command = f"{TRANSFORMERS_SERVE} --cb-num-blocks 64 --cb-max-batch-tokens 512"
-    managed = ManagedServer(command, model_dir, ready_timeout_s=180,
+    managed = ManagedServer(TRANSFORMERS_SERVE.server.command, model_dir, ready_timeout_s=180, device="cpu",
                             log=tmp_path_factory.mktemp("log") / "serve.log")
     with managed:
         tree = [psutil.Process(managed.pid), *psutil.Process(managed.pid).children(recursive=True)]
@@ -102,7 +100,7 @@ def running(processes):
 
 def make_client(url, tok, **kw):
     return OpenAIStreamClient(url, lambda s: len(tok(s, add_special_tokens=False).input_ids),
-                              extra_body=TRANSFORMERS_SERVE_EXTRA_BODY, **kw)
+                              extra_body=dict(TRANSFORMERS_SERVE.extra_body), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -214,67 +212,6 @@ def test_server_cost_of_the_served_model(server, served_model):
 
 
 # ---------------------------------------------------------------- a stub that fails on purpose
-
-KINDS = ["ok", "http500", "stall", "not_json", "error_event", "cut"]
-
-
-def stub_app(stall_s=30.0, usage=True, step_s=0.01, kinds=KINDS):
-    """An OpenAI-like server: request k (in arrival order) behaves as kinds[k % len(kinds)];
-    every chunk holds "ab" (two tokens when a token is a character)."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
-
-    app = FastAPI()
-    counter = itertools.count()
-
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": "stub"}]}
-
-    @app.post("/v1/completions")
-    async def completions(body: dict):
-        kind = kinds[next(counter) % len(kinds)]
-        if kind == "http500":
-            return JSONResponse({"error": "boom"}, status_code=500)
-
-        async def events():
-            if kind == "stall":
-                await asyncio.sleep(stall_s)
-            for k in range(body["max_tokens"]):
-                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': 'ab'}]})}\n\n"
-                if k == 1 and kind == "not_json":
-                    yield "data: {not json\n\n"
-                if k == 1 and kind == "error_event":
-                    yield 'data: {"error": "worker died"}\n\n'
-                if k == 1 and kind == "cut":
-                    return
-                await asyncio.sleep(step_s)
-            last = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
-            if usage:
-                last["usage"] = {"prompt_tokens": 3, "completion_tokens": 2 * body["max_tokens"]}
-            yield f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return app
-
-
-@contextmanager
-def serving(app):
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
 
 STUB_PROMPT = [Prompt("hello", 5, 5)]
 
@@ -590,27 +527,13 @@ def test_undecided_loads_count_as_misses_and_an_unbracketed_search_says_so():
     assert cap.load == 4 and not cap.bracketed and "never bracketed" in cap.how
 
 
-def test_capacity_search_drives_a_server_through_http_measure():
+def test_capacity_search_drives_a_server_through_load_measure():
     with serving(stub_app(kinds=["ok"])) as url:
         client = OpenAIStreamClient(url, len)
-        measure = http_measure(client, STUB_PROMPT, 2, {"e2e_s": 10.0}, CapacityLoad.concurrency,
-                               requests_per_look=16, seed=0)
+        measure = load_measure(lambda load: run_http_load(client, load, STUB_PROMPT, 2), {"e2e_s": 10.0},
+                               CapacityLoad.concurrency, requests_per_look=16, seed=0)
         cap = find_capacity(measure, kind=CapacityLoad.concurrency, start=1, max_load=4, target=0.8)
     # 16 of 16 meet the SLO at every load: Wilson low end 16 / (16 + 1.96²) = 0.806 ≥ 0.8.
     assert [(look.load, look.n, look.good, look.verdict) for look in cap.looks] == [
         (1, 16, 16, "meets"), (2, 16, 16, "meets"), (4, 16, 16, "meets")]
     assert cap.load == 4 and not cap.bracketed
-
-
-def test_config_shape_composes_with_omegaconf():
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.structured(HttpServeConfig)
-    cfg.backend = "openai"
-    cfg.server.command = TRANSFORMERS_SERVE
-    cfg.extra_body = TRANSFORMERS_SERVE_EXTRA_BODY
-    cfg.rates = [1, 2, 4]
-    assert OmegaConf.to_object(cfg).capacity.load is CapacityLoad.rate
-    with pytest.raises(Exception, match="in_process, openai"):
-        cfg.backend = "grpc"
-

@@ -40,7 +40,7 @@ class BuiltinModelConfig(ModelConfig):
     num_heads: int = 8
     intermediate_size: int = 688
     max_position: int = 1024
-    tokenizer: str = "byte"  # byte-level (ByT5), needs no files
+    tokenizer: str = "byte"  # byte (ByT5, needs no files) | bpe (trained and cached; a server can load it) | hf:<id or dir>
     init_seed: int = 0
     # Family and its options (effbench.models.architectures); architecture
     # techniques set these, e.g. arch=llama arch_options={num_kv_heads: 2}.

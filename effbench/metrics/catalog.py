@@ -166,6 +166,28 @@ _SPECS = [
     MetricSpec("serve.steady_running", "req", None, "throughput", "Steady batch",
                "Serving: time-average of requests between first and last token over the steady-state window.",
                NON_NEGATIVE),
+    MetricSpec("serve.load_duration_s", "s", None, "throughput", "Load time",
+               "Serving: first scheduled arrival to the last answer or failure, one sample per repeat (the "
+               "denominator of the serve.* rates).", POSITIVE),
+    MetricSpec("serve.request_arrival_s", "s", None, "throughput", "Arrivals",
+               "Serving, per request sent (send order, repeat after repeat): its scheduled arrival, seconds from "
+               "the load's start (a Poisson load's seeded schedule; a closed loop's completion times).",
+               NON_NEGATIVE),
+    # The load curve of a rate sweep (scenario.rates): one sample per swept rate, in the
+    # order of serve.sweep_rates (ascending); value = the point at the knee (the lowest rate
+    # when no rate meets the target).
+    MetricSpec("serve.sweep_rates", "req/s", None, "throughput", "Swept rates",
+               "Rate sweep: the offered Poisson rates, ascending; the serve.sweep_* curves follow this order.",
+               POSITIVE),
+    MetricSpec("serve.sweep_goodput_requests_per_s", "req/s", True, "throughput", "Goodput (sweep)",
+               "Rate sweep: goodput at each offered rate (requests meeting every SLO / load duration).",
+               NON_NEGATIVE),
+    MetricSpec("serve.sweep_slo_attainment", "fraction", True, "throughput", "SLO met (sweep)",
+               "Rate sweep: share of requests meeting every SLO at each offered rate (failed ones miss).", FRACTION),
+    MetricSpec("serve.sweep_ttft_p90_s", "s", False, "latency", "p90 TTFT (sweep)",
+               "Rate sweep: 90th percentile TTFT of the answered requests at each offered rate.", POSITIVE),
+    MetricSpec("serve.sweep_error_rate", "fraction", False, "throughput", "Errors (sweep)",
+               "Rate sweep: failed / sent requests at each offered rate.", FRACTION),
     MetricSpec("serve.knee_rate", "req/s", True, "throughput", "Knee",
                "Serving: highest swept Poisson rate up to which every swept rate meets the SLO attainment target.",
                NON_NEGATIVE),

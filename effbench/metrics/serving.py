@@ -19,6 +19,7 @@ class ServedLoad(Protocol):
     batch_sizes: list[int]  # every batch the server ran; empty where its batching is not visible
     failed_count: int  # requests that got no whole answer (HTTP error, timeout, malformed stream)
     duration_s: float  # first arrival to the last answer or failure
+    arrivals: list[float]  # every request's scheduled arrival, seconds from the first
 
 
 def meets_slos(r: RequestTiming, slos: dict[str, float | None]) -> bool:

@@ -30,12 +30,51 @@ def _byte_tokenizer() -> PreTrainedTokenizerBase:
     return ByT5Tokenizer()  # byte ids + 3 specials; needs no files
 
 
-TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {"byte": _byte_tokenizer}
+# A byte-level BPE trained on the bundled corpus's train split. Its specials take
+# the byte tokenizer's ids (pad 0, eos 1, unk 2: architectures.base.SPECIAL_TOKENS),
+# and its alphabet is all 256 bytes, so any text encodes without loss.
+BPE_SETTINGS = {"version": 1, "corpus": "pydoc", "heldout_fraction": 0.1, "vocab_size": 1024,
+                "specials": ["<pad>", "</s>", "<unk>"]}
+# A plain template, so chat endpoints of a server work with the tiny models.
+_CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+
+
+def _train_bpe(directory: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from effbench.data import load_corpus
+
+    s = BPE_SETTINGS
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=s["vocab_size"], special_tokens=s["specials"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([load_corpus(s["corpus"], heldout_fraction=s["heldout_fraction"]).train_text], trainer)
+    pad, eos, unk = s["specials"]
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=pad, eos_token=eos, unk_token=unk)
+    fast.chat_template = _CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+
+
+def _bpe_tokenizer() -> PreTrainedTokenizerBase:
+    """A fast (Rust) tokenizer, which serving engines need: trained once (~0.5 s,
+    deterministic) and cached by its settings (effbench.cache)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from effbench.cache import cached_dir
+
+    return PreTrainedTokenizerFast.from_pretrained(cached_dir("tokenizers", "bpe", BPE_SETTINGS, _train_bpe))
+
+
+TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {"byte": _byte_tokenizer, "bpe": _bpe_tokenizer}
 
 
 def build_tokenizer(spec: str) -> PreTrainedTokenizerBase:
-    """`byte` (offline), or `hf:<hub id or directory>` for a real vocabulary
-    (e.g. hf:Qwen/Qwen2.5-0.5B, to give a paper-scale preset its embedding size)."""
+    """`byte` (offline, the default), `bpe` (offline, a fast tokenizer a server can
+    load), or `hf:<hub id or directory>` for a real vocabulary (e.g.
+    hf:Qwen/Qwen2.5-0.5B, to give a paper-scale preset its embedding size)."""
     if spec.startswith("hf:"):
         return load_tokenizer(spec[3:])
     if spec not in TOKENIZERS:
@@ -68,15 +107,20 @@ def load_tokenizer(id_or_path: str | Path, **kw) -> PreTrainedTokenizerBase:
     return (cls or AutoTokenizer).from_pretrained(id_or_path, **kw)
 
 
-def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
+def artifact_location(cfg: ArtifactModelConfig) -> tuple[Path, str]:
+    """The verified directory of the artifact and the name its model runs under."""
     from effbench.artifacts import verified_path
     from effbench.store import open_store
 
     record = open_store(cfg.store_url, read_only=True).get(cfg.run_id)
-    path = verified_path(record.artifact, record.id)
+    return verified_path(record.artifact, record.id), f"{record.model}+{record.technique}@{record.id[:8]}"
+
+
+def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
+    path, name = artifact_location(cfg)
     tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return LoadedModel(model.eval(), tok, f"{record.model}+{record.technique}@{record.id[:8]}", "artifact")
+    return LoadedModel(model.eval(), tok, name, "artifact")
 
 
 def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:

@@ -25,12 +25,9 @@ from scipy.stats import binomtest
 
 from effbench.metrics.catalog import make_metric
 from effbench.metrics.record import Metric, Source
-from effbench.metrics.serving import ServedLoad, meets_slos
+from effbench.metrics.serving import ServedLoad, describe_slos, meets_slos
 from effbench.serving.config import CapacityLoad
-from effbench.serving.http_load import run_http_load
-from effbench.serving.load import ClosedLoop, OpenLoop, poisson_offsets
-from effbench.serving.openai_client import OpenAIStreamClient
-from effbench.serving.prompts import Prompt
+from effbench.serving.load import ClosedLoop, Load, OpenLoop, poisson_offsets
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,44 @@ def knee(points: list[SweepPoint], target: float) -> float | None:
             break
         best = p.rate
     return best
+
+
+def sweep_metrics(points: list[SweepPoint], target: float, slos: dict[str, float | None]
+                  ) -> tuple[list[Metric], list[str]]:
+    """The load curve as metrics (samples one per rate, ascending; value at the
+    knee, or at the lowest rate when none meets the target) and the knee; and
+    warnings for what could not be stored."""
+    points = sorted(points, key=lambda p: p.rate)
+    rate = knee(points, target)
+    at = next((p for p in points if p.rate == rate), points[0])
+    rates = ", ".join(f"{p.rate:g}" for p in points)
+    how = (f"rate sweep: one seeded Poisson load per offered rate ({rates} req/s); one sample per rate in that "
+           f"order; value at {'the knee' if rate is not None else 'the lowest rate (no knee)'}, {at.rate:g} req/s; "
+           f"SLOs: {describe_slos(slos)}")
+
+    def curve(name: str, values: list[float], value: float, source: Source = Source.TIMER) -> Metric:
+        return make_metric(name, value, source, values, note=how)
+
+    out = [
+        curve("serve.sweep_rates", [p.rate for p in points], at.rate, Source.ANALYTIC),
+        curve("serve.sweep_goodput_requests_per_s", [p.goodput_rps for p in points], at.goodput_rps),
+        curve("serve.sweep_slo_attainment", [p.attainment for p in points], at.attainment),
+        curve("serve.sweep_error_rate", [p.error_rate for p in points], at.error_rate),
+    ]
+    warnings = []
+    if all(p.ttft_p90_s is not None for p in points):
+        out.append(curve("serve.sweep_ttft_p90_s", [p.ttft_p90_s for p in points], at.ttft_p90_s))
+    else:
+        warnings.append(f"rate sweep: no request answered at {[p.rate for p in points if p.ttft_p90_s is None]} "
+                        "req/s, so serve.sweep_ttft_p90_s is not stored")
+    if rate is None:
+        warnings.append(f"rate sweep: the lowest swept rate ({points[0].rate:g} req/s) already misses the SLO "
+                        f"attainment target {target:g}: no serve.knee_rate")
+    else:
+        out.append(make_metric("serve.knee_rate", rate, Source.TIMER,
+                               note=f"highest swept rate up to which every swept rate has SLO attainment ≥ "
+                                    f"{target:g}; {how}"))
+    return out, warnings
 
 
 def wilson(good: int, n: int, confidence: float) -> tuple[float, float]:
@@ -157,15 +192,16 @@ def find_capacity(measure: Measure, *, kind: CapacityLoad = CapacityLoad.rate, s
     return cap
 
 
-def http_measure(client: OpenAIStreamClient, prompts: list[Prompt], max_tokens: int, slos: dict[str, float | None],
-                 kind: CapacityLoad, requests_per_look: int, seed: int) -> Measure:
-    """A Measure against a server: each look a fresh load of requests_per_look
-    (Poisson looks at one rate differ by seed: seed + look number)."""
+def load_measure(run_load: Callable[[Load], ServedLoad], slos: dict[str, float | None], kind: CapacityLoad,
+                 requests_per_look: int, seed: int) -> Measure:
+    """A Measure from anything that serves a load (in-process or over HTTP):
+    each look a fresh load of requests_per_look (Poisson looks at one rate
+    differ by seed: seed + look number). Failed requests count as sent and missed."""
     def measure(load: float, look: int) -> tuple[int, int]:
         if kind is CapacityLoad.rate:
             profile = OpenLoop(poisson_offsets(load, requests_per_look, seed + look))
         else:
             profile = ClosedLoop(int(load), requests_per_look)
-        run = run_http_load(client, profile, prompts, max_tokens)
-        return sum(meets_slos(r, slos) for r in run.requests), len(run.results)
+        run = run_load(profile)
+        return sum(meets_slos(r, slos) for r in run.requests), len(run.requests) + run.failed_count
     return measure

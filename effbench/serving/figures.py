@@ -1,16 +1,18 @@
-"""The stored figures of loads run over HTTP: the serving figures of
-metrics.serving (failed requests counted against goodput and attainment), the
-error rate, the latency family over the answered requests, per-request
-phases, what the server counted, and the steady-state window."""
+"""The stored figures of loads: what every load gives (its duration and
+arrival schedule, the steady-state window), and over HTTP the serving figures
+of metrics.serving (failed requests counted against goodput and attainment),
+the error rate, the latency family over the answered requests, per-request
+phases, what the server counted, and the failed requests with their errors."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from effbench.metrics.catalog import from_samples
 from effbench.metrics.latency import latency_metrics
 from effbench.metrics.record import Metric, Source
-from effbench.metrics.serving import serving_metrics
+from effbench.metrics.serving import ServedLoad, serving_metrics
 from effbench.serving.http_load import HttpLoadResult
 from effbench.serving.steady import steady_window
 
@@ -50,8 +52,34 @@ def http_serving_metrics(runs: list[HttpLoadResult], slos: dict[str, float | Non
                 from_samples("serve.request_prefill_tokens_per_s", [n / r.timing().ttft for r, n in counted],
                              Source.TIMER, f"{timing}; usage.prompt_tokens / TTFT (queueing included)"),
             ]
-    out += _steady_metrics(runs, steady_joules)
+    out += [*load_metrics(runs), *steady_metrics(runs, steady_joules)]
     return out
+
+
+def load_metrics(runs: list[ServedLoad]) -> list[Metric]:
+    """Each repeat's duration (the rates' denominator) and every request's scheduled arrival."""
+    return [
+        from_samples("serve.load_duration_s", [run.duration_s for run in runs], Source.TIMER,
+                     "first scheduled arrival to the last answer or failure, one sample per repeat"),
+        from_samples("serve.request_arrival_s", [a for run in runs for a in run.arrivals], Source.TIMER,
+                     "per request sent, in send order, repeat after repeat: scheduled arrival − the load's start"),
+    ]
+
+
+def failed_requests(runs: list[HttpLoadResult], limit: int = 200) -> tuple[list[dict], str | None]:
+    """The failed requests as stored on the record (the first `limit`), and a
+    one-line summary of them (None when every request was answered)."""
+    failed = [(i, r) for i, run in enumerate(runs) for r in run.failed]
+    if not failed:
+        return [], None
+    rows = [{"repeat": i, "index": r.index, "error": r.error, "http_status": r.status,
+             "seconds_after_send": round(r.done - r.sent, 6)} for i, r in failed[:limit]]
+    kinds = Counter(r.error.split(":")[0] for _, r in failed)
+    sent = sum(len(run.results) for run in runs)
+    summary = (f"{len(failed)} of {sent} requests failed ({', '.join(f'{k} ×{n}' for k, n in kinds.most_common())}); "
+               f"they count against goodput and SLO attainment, and are listed in provenance.failed_requests"
+               f"{f' (the first {limit})' if len(failed) > limit else ''}")
+    return rows, summary
 
 
 def steady_energy(run: HttpLoadResult, energy_between: Callable[[float, float], tuple[float, str] | None]
@@ -63,8 +91,10 @@ def steady_energy(run: HttpLoadResult, energy_between: Callable[[float, float], 
     return None if window is None else energy_between(window.start, window.end)
 
 
-def _steady_metrics(runs: list[HttpLoadResult], steady_joules: list[tuple[float, str] | None] | None
-                    ) -> list[Metric]:
+def steady_metrics(runs: list[ServedLoad], steady_joules: list[tuple[float, str] | None] | None = None
+                   ) -> list[Metric]:
+    """Figures over each run's steady-state window (steady.py); the energy ones
+    where steady_joules[i] holds the server's energy over run i's window."""
     windows = [steady_window(run.requests) for run in runs]
     found = [(i, w) for i, w in enumerate(windows) if w is not None]
     if not found:

@@ -28,6 +28,11 @@ class LoadResult:
     def duration_s(self) -> float:
         return self.end - self.start
 
+    @property
+    def arrivals(self) -> list[float]:
+        """Arrival offsets from time zero, in the order requests were served (first come, first served)."""
+        return [r.start - self.start for r in self.requests]
+
 
 def drive(load: Load, server: Server, max_batch_size: int,
           clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> LoadResult:

@@ -1,20 +1,17 @@
 """A local server that effbench starts, waits on until healthy, and stops.
 
-Ready-made commands (placeholders: {python} this interpreter, {model} the model
-path or hub id, {host}, {port}); docs/serving.md has the GPU command lines:
-
-  transformers serve (CPU or GPU, continuous batching): TRANSFORMERS_SERVE, with
-      TRANSFORMERS_SERVE_EXTRA_BODY in every request so EOS cannot end one early
-  vLLM (GPU):   vllm serve {model} --host {host} --port {port}            body: {"ignore_eos": true}
-  SGLang (GPU): {python} -m sglang.launch_server --model-path {model} --host {host} --port {port}
-                                                                          body: {"ignore_eos": true}
+The command is a template (placeholders: {python} this interpreter, {model} the
+model path or hub id, {host}, {port}, {dtype} the precision technique's dtype,
+{device} the run's device). configs/backend/transformers-serve.yaml holds the
+ready-made `transformers serve` command and the request body that makes it
+ignore EOS; docs/serving.md has the vLLM and SGLang command lines.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,12 +25,6 @@ import httpx
 import psutil
 
 from effbench.serving.openai_client import ServingError
-
-TRANSFORMERS_SERVE = "{python} -m transformers.cli.transformers serve {model} --host {host} --port {port} " \
-                     "--continuous-batching"
-# Under continuous batching `transformers serve` takes each request's EOS from
-# its generation_config; -1 disables it (it accepts no ignore_eos / min_tokens).
-TRANSFORMERS_SERVE_EXTRA_BODY = {"generation_config": json.dumps({"eos_token_id": -1})}
 
 
 class ServerStartError(ServingError):
@@ -53,13 +44,36 @@ def _temporary_log() -> Path:
     return Path(name)
 
 
+PLACEHOLDERS = ("python", "model", "host", "port", "dtype", "device")
+
+
 def render_command(command: str | list[str], **values: str) -> list[str]:
     """The argument list, placeholders filled; a string is split like a shell would."""
-    args = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    if isinstance(command, str):
+        args = shlex.split(command)
+    elif isinstance(command, (list, tuple)) and all(isinstance(a, (str, int, float)) for a in command):
+        args = [str(a) for a in command]
+    else:
+        raise ValueError(f"server.command={command!r} must be one string or a list of arguments")
+    if not args:
+        raise ValueError("server.command is empty")
     try:
         return [a.format(**values) for a in args]
     except (KeyError, IndexError) as e:
         raise ValueError(f"server.command has an unknown placeholder {e}; use {{{'}, {'.join(values)}}}") from None
+    except ValueError as e:  # a lone brace
+        raise ValueError(f"server.command {shlex.join(args)}: {e} (write a literal brace as {{{{ or }}}})") from None
+
+
+def check_command(command: str | list[str]) -> list[str]:
+    """Config-time check: the command renders with the known placeholders and
+    its program exists. ValueError naming what is wrong."""
+    args = render_command(command, **{name: f"<{name}>" for name in PLACEHOLDERS})
+    program = sys.executable if args[0] == "<python>" else args[0]
+    if shutil.which(program) is None:
+        raise ValueError(f"server.command: {program!r} is not an executable on PATH (install the engine, or give "
+                         "its full path)")
+    return args
 
 
 class ManagedServer:
@@ -69,9 +83,10 @@ class ManagedServer:
 
     def __init__(self, command: str | list[str], model: str, *, host: str = "127.0.0.1", port: int | None = None,
                  ready_timeout_s: float = 300.0, ready_path: str = "/health", log: str | Path | None = None,
-                 env: dict[str, str] | None = None, grace_s: float = 15.0):
+                 env: dict[str, str] | None = None, dtype: str = "auto", device: str = "auto", grace_s: float = 15.0):
         self.host, self.port = host, port or free_port(host)
-        self.args = render_command(command, python=sys.executable, model=str(model), host=host, port=str(self.port))
+        self.args = render_command(command, python=sys.executable, model=str(model), host=host, port=str(self.port),
+                                   dtype=dtype, device=device)
         self.ready_timeout_s, self.ready_path, self.grace_s = ready_timeout_s, ready_path, grace_s
         self.log_path = Path(log) if log else _temporary_log()
         self.env = {**os.environ, **(env or {})}

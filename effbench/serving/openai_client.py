@@ -61,12 +61,12 @@ def check_server(url: str, timeout_s: float = 10.0) -> list[str]:
     except httpx.HTTPError as e:
         raise ServerUnavailable(
             f"no server answers at {root} ({type(e).__name__}: {e}). Check that the server is running and "
-            f"listening on that host and port (and http vs https), that serve url is right, or give "
-            f"server.command so effbench starts the server itself") from None
+            f"listening on that host and port (and http vs https), that backend.url is right, or give "
+            f"backend.server.command so effbench starts the server itself") from None
     if response.status_code != 200:
         raise ServerUnavailable(
             f"{root} answers GET /v1/models with HTTP {response.status_code}: not an OpenAI-compatible server "
-            f"there. Check the url is the server's root (e.g. http://127.0.0.1:8000) and that it serves the "
+            f"there. Check that backend.url is the server's root (e.g. http://127.0.0.1:8000) and that it serves the "
             f"OpenAI API")
     return [m["id"] for m in response.json().get("data", [])]
 

@@ -141,8 +141,9 @@ class ServerCostTracker:
             return
         self.tree = ProcessTree(pid)
         if gpus is None:
-            self.not_measured["energy"] = ("server on CPU: no per-process energy reading; a host energy figure "
-                                           "(RAPL or an estimate) covers client and server together")
+            self.not_measured["energy"] = ("no server GPUs given (server.gpus): a CPU has no per-process energy "
+                                           "reading, and a host energy figure (RAPL or an estimate) would cover "
+                                           "client and server together")
         # Read in this order each poll: the energy counter first, nearest the poll's
         # time stamp (the tree walk takes milliseconds); "cpu" reads what "rss" polled.
         probes: dict[str, Callable[[], float]] = {}
