@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from effbench.distributed import Distributed
 from effbench.hardware import synchronize
-from effbench.metrics.catalog import from_samples, make_metric
+from effbench.metrics.catalog import CATALOG, from_samples, make_metric
 from effbench.metrics.flops import FlopCount, count_flops
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.trackers import standard_window
@@ -153,30 +153,25 @@ def count_step_flops(model: torch.nn.Module, micro_batch: Batch, grad_accum: int
 
 
 def merge_ranks(per_rank: list[list[Metric]], dist: Distributed) -> list[Metric]:
-    """Rank 0's view, with energy summed over devices and memory as max (and mean) over ranks."""
+    """Rank 0's view, with each metric combined across ranks by its catalogue rule (MetricSpec.across_ranks:
+    energy summed over devices, memory as the max over processes, tokens per joule harmonically); the
+    peak memory also as the mean over ranks."""
     if not dist.enabled:
         return per_rank[0]
+    combine = {"sum": sum, "max": max, "harmonic": lambda xs: 1 / sum(1 / x for x in xs)}
     by_rank = [{m.name: m for m in metrics} for metrics in per_rank]
     merged = []
     for name, m in by_rank[0].items():
-        samples_by_rank = [r[name].samples for r in by_rank]
-        if name in ("energy.joules", "energy.dynamic_joules", "energy.avg_power_w", "energy.idle_power_w",
-                    "energy.joules_per_token"):
-            samples = [sum(s) for s in zip(*samples_by_rank)]
-            merged.append(from_samples(name, samples, m.source, f"{m.note}; summed over {dist.world_size} ranks"))
-        elif name.startswith("memory.") and name != "memory.amu":
-            samples = [max(s) for s in zip(*samples_by_rank)]
-            merged.append(from_samples(name, samples, m.source, f"{m.note}; max over {dist.world_size} ranks"))
-            if name == "memory.peak_bytes":
-                means = [sum(s) / len(s) for s in zip(*samples_by_rank)]
-                merged.append(from_samples("memory.peak_bytes_rank_mean", means, m.source, m.note))
-        elif name == "energy.tokens_per_joule":
-            continue  # recomputed below from the summed energy
-        else:
+        rule = CATALOG[name].across_ranks if name in CATALOG else "rank0"
+        if rule == "rank0":
             merged.append(m)
-    if "energy.joules_per_token" in by_rank[0]:
-        jpt = next(m for m in merged if m.name == "energy.joules_per_token")
-        merged.append(from_samples("energy.tokens_per_joule", [1 / x for x in jpt.samples], jpt.source, jpt.note))
+            continue
+        samples_by_rank = list(zip(*(r[name].samples for r in by_rank)))
+        merged.append(from_samples(name, [combine[rule](s) for s in samples_by_rank], m.source,
+                                   f"{m.note}; {rule} over {dist.world_size} ranks"))
+        if name == "memory.peak_bytes":
+            means = [sum(s) / len(s) for s in samples_by_rank]
+            merged.append(from_samples("memory.peak_bytes_rank_mean", means, m.source, m.note))
     return merged
 
 

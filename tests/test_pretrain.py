@@ -176,3 +176,24 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(env):
     assert ddp.metric("quality.train_loss").samples == pytest.approx(single.metric("quality.train_loss").samples,
                                                                      rel=1e-3)
     assert ddp.metric("memory.peak_bytes").value >= ddp.metric("memory.peak_bytes_rank_mean").value
+
+
+def test_ranks_combine_by_each_metrics_catalogue_rule():
+    from effbench.distributed import Distributed
+    from effbench.metrics.catalog import make_metric
+    from effbench.metrics.record import Source
+    from runners.training import merge_ranks
+
+    def rank(joules, peak, tpj, step):
+        return [make_metric("energy.joules", joules, Source.COUNTER, [joules]),
+                make_metric("memory.peak_bytes", peak, Source.SAMPLED, [peak]),
+                make_metric("energy.tokens_per_joule", tpj, Source.COUNTER, [tpj]),
+                make_metric("latency.step_s", step, Source.TIMER, [step])]
+
+    # 2 ranks, 100 tokens in all: rank 0 used 10 J, rank 1 30 J.
+    merged = {m.name: m for m in merge_ranks([rank(10, 500, 100 / 10, 0.2), rank(30, 700, 100 / 30, 0.3)],
+                                             Distributed(0, 2, 0))}
+    assert merged["energy.joules"].value == 40  # summed over devices
+    assert merged["memory.peak_bytes"].value == 700 and merged["memory.peak_bytes_rank_mean"].value == 600
+    assert merged["energy.tokens_per_joule"].value == pytest.approx(100 / 40)  # all tokens / all joules
+    assert merged["latency.step_s"].value == 0.2  # rank 0's view

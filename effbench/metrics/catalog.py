@@ -43,37 +43,44 @@ class MetricSpec:
     display: str
     description: str
     domain: Domain | None = None  # every catalogued metric states one (tests/test_metrics.py checks)
+    # How data-parallel ranks' figures combine into the run's (runners.training.merge_ranks):
+    # "rank0" (rank 0's view: times, rates, per-rank FLOPs), "sum" (per-device energy), "max"
+    # (per-process memory), "harmonic" (1 / Σ 1/x: tokens per joule from each rank's share).
+    across_ranks: str = "rank0"
 
 
 _SPECS = [
     # memory
     MetricSpec("memory.peak_bytes", "B", False, "memory", "Peak mem",
-               "Peak memory in the window: CUDA max allocated on a GPU, peak process RSS on a CPU.", POSITIVE),
+               "Peak memory in the window: CUDA max allocated on a GPU, peak process RSS on a CPU.", POSITIVE,
+               across_ranks="max"),
     MetricSpec("memory.peak_delta_bytes", "B", False, "memory", "Peak mem Δ",
                "The workload's working memory (KV cache, activations): the window's peak minus the memory "
                "resident just before it (CPU: after returning freed heap pages to the OS, so memory freed "
-               "by the warm-up is not already counted as resident).", NON_NEGATIVE),
+               "by the warm-up is not already counted as resident).", NON_NEGATIVE, across_ranks="max"),
     MetricSpec("memory.peak_reserved_bytes", "B", False, "memory", "Peak reserved",
-               "CUDA caching allocator's peak reserved bytes.", POSITIVE),
+               "CUDA caching allocator's peak reserved bytes.", POSITIVE, across_ranks="max"),
     MetricSpec("memory.device_peak_bytes", "B", False, "memory", "Device peak",
-               "NVML device-used memory, peak of the samples.", POSITIVE),
+               "NVML device-used memory, peak of the samples.", POSITIVE, across_ranks="max"),
     MetricSpec("memory.avg_bytes", "B", False, "memory", "Avg mem",
-               "Time-average of sampled memory in use over the window.", POSITIVE),
+               "Time-average of sampled memory in use over the window.", POSITIVE, across_ranks="max"),
     MetricSpec("memory.amu", "fraction", False, "memory", "AMU",
                "Average Memory Utilization: time-average used memory / device total.", UTILIZATION),
     MetricSpec("memory.peak_bytes_rank_mean", "B", False, "memory", "Peak mem (rank mean)",
                "Data-parallel runs: mean over ranks of each rank's peak (memory.peak_bytes is the max).", POSITIVE),
     MetricSpec("memory.kv_cache_bytes_per_token", "B/tok", False, "memory", "KV cache/token",
-               "Bytes one more token adds to the generation cache, measured from the cache tensors.", NON_NEGATIVE),
+               "Bytes one more token adds to the generation cache, measured from the cache tensors.", NON_NEGATIVE,
+               across_ranks="max"),
     MetricSpec("memory.kv_cache_bytes_per_token_analytic", "B/tok", False, "memory", "KV cache/token (analytic)",
-               "Bytes one token adds to the cache by the architecture's formula (MLA: the latent).", NON_NEGATIVE),
+               "Bytes one token adds to the cache by the architecture's formula (MLA: the latent).", NON_NEGATIVE,
+               across_ranks="max"),
     MetricSpec("memory.model_resident_bytes", "B", False, "memory", "Model mem",
                "Bytes the model's own tensors hold, counted: weights and buffers as stored (quantized: packed "
                "data, scales and zero points; tensor subclasses as their inner tensors), each storage once.",
-               POSITIVE),
+               POSITIVE, across_ranks="max"),
     MetricSpec("memory.kv_cache_bytes", "B", False, "memory", "KV cache",
                "Bytes of the generation cache at the end of one window's generate, counted from its tensors.",
-               NON_NEGATIVE),
+               NON_NEGATIVE, across_ranks="max"),
     MetricSpec("memory.runtime_share", "fraction", None, "memory", "Runtime share",
                "(peak memory − model resident bytes − KV cache bytes) / peak memory: the share that is the "
                f"runtime's (interpreter, libraries, allocator), not the model's. Above {RUNTIME_DOMINATED_SHARE:g} "
@@ -204,17 +211,19 @@ _SPECS = [
     MetricSpec("energy.steady_joules_per_token", "J/tok", False, "energy", "Steady J/token",
                "Serving: energy over the steady-state window / output tokens in it.", NON_NEGATIVE),
     # energy
-    MetricSpec("energy.joules", "J", False, "energy", "Energy", "Energy over the window.", NON_NEGATIVE),
+    MetricSpec("energy.joules", "J", False, "energy", "Energy", "Energy over the window.", NON_NEGATIVE,
+               across_ranks="sum"),
     MetricSpec("energy.avg_power_w", "W", False, "energy", "AEC",
-               "Average power over the window; the paper's AEC is this, in watts.", NON_NEGATIVE),
+               "Average power over the window; the paper's AEC is this, in watts.", NON_NEGATIVE, across_ranks="sum"),
     MetricSpec("energy.idle_power_w", "W", None, "energy", "Idle power",
-               "Power before the run, by the same method, for dynamic vs gross energy.", NON_NEGATIVE),
+               "Power before the run, by the same method, for dynamic vs gross energy.", NON_NEGATIVE,
+               across_ranks="sum"),
     MetricSpec("energy.dynamic_joules", "J", False, "energy", "Dynamic energy",
-               "Energy minus idle power × window time.", NON_NEGATIVE),
+               "Energy minus idle power × window time.", NON_NEGATIVE, across_ranks="sum"),
     MetricSpec("energy.joules_per_token", "J/tok", False, "energy", "J/token",
-               "Window energy / tokens generated in the window.", NON_NEGATIVE),
+               "Window energy / tokens generated in the window.", NON_NEGATIVE, across_ranks="sum"),
     MetricSpec("energy.tokens_per_joule", "tok/J", True, "energy", "tok/J",
-               "Tokens generated / window energy.", POSITIVE),
+               "Tokens generated / window energy.", POSITIVE, across_ranks="harmonic"),
     # compression
     MetricSpec("compression.size_bytes", "B", False, "compression", "Size",
                "Bytes the weights take when serialized (safetensors).", POSITIVE),
