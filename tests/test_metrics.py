@@ -176,7 +176,7 @@ def test_sampler_time_mean_is_the_integral_over_time():
 
 
 def test_compute_tracker_mfu_is_flops_over_time_over_peak(cpu, tmp_path, monkeypatch):
-    monkeypatch.setenv("EFFBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("EFFBENCH_CACHE", str(tmp_path))
     tracker = ComputeTracker(cpu, torch.float32, flops_per_window=10**9, flops_analytic=10**9,
                              linear_shapes=[(128, 344), (344, 128)], tokens=64)
     window = MeasuredWindow([tracker], cpu)

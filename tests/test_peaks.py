@@ -22,7 +22,7 @@ MiB = 1024**2
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("EFFBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EFFBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(peaks.CPU_MAX_GHZ_ENV, raising=False)
     return tmp_path / "cache"
 

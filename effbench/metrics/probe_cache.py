@@ -4,7 +4,7 @@ them again.
 
 An entry is found by its whole key: whatever the probe's result depends on (CPU signature, threads,
 dtype, shapes, torch version) goes into the key, so a change of any of them measures afresh. The file
-is `$EFFBENCH_CACHE_DIR/probes.json` (default `results/cache/probes.json`), replaced atomically;
+is `$EFFBENCH_CACHE/probes.json` (default `results/cache/probes.json`), replaced atomically;
 two processes writing at once can drop one's new entry, which is then measured again next time.
 A timed CPU probe that other processes disturbed is used once but not kept (`others_load`).
 """
@@ -25,13 +25,14 @@ from pathlib import Path
 import psutil
 import torch
 
+from effbench.cache import cache_root
 from effbench.hardware import cpu_model, cpu_signature
 
 _VERSION = 1
 
 
 def cache_path() -> Path:
-    return Path(os.environ.get("EFFBENCH_CACHE_DIR", "results/cache")) / "probes.json"
+    return cache_root() / "probes.json"
 
 
 @dataclass(frozen=True)
