@@ -81,7 +81,7 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     from transformers import get_cosine_schedule_with_warmup
 
     from effbench.artifacts import save_artifact
-    from effbench.data.sft import encode, load_sft, pack
+    from effbench.data.sft import Encoded, encode, load_sft, pack
     from effbench.hardware import synchronize
     from effbench.metrics.catalog import make_metric
     from effbench.metrics.peaks import linear_shapes

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from effbench.config.schema import BuiltinModelConfig, HfModelConfig
+from effbench.config.schema import HfModelConfig
 from effbench.data import load_corpus
 from effbench.models import load_model, parameter_counts
 

@@ -4,13 +4,10 @@ another family or with one option changed (KV heads, MLA, MoE, positions, ...)."
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from effbench.config.schema import BuiltinModelConfig, TechniqueConfig
 from effbench.techniques.registry import TechniqueSpec, register
-
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass
