@@ -1,5 +1,5 @@
 """What the run executed on: device choice, synchronisation, and the hardware /
-software description stored with every run (SPEC §4)."""
+software description stored with every run (docs/spec.md §4)."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def describe_hardware(device: torch.device) -> dict:
 
 
 def hardware_label(info: dict) -> str:
-    """Short name used to group runs (SPEC §3 peer groups)."""
+    """Short name used to group runs (docs/spec.md §3 peer groups)."""
     if info["device_type"] == "cuda":
         return f"{info['gpu_name']} x{info.get('gpu_count', 1)}"
     return f"CPU {info['cpu_model']} ({info['cpu_cores']} cores)"

@@ -1,4 +1,4 @@
-"""Memory bandwidth and MBU (SPEC §2 compute).
+"""Memory bandwidth and MBU (docs/spec.md §2 compute).
 
 Bandwidth: a GPU's datasheet figure (source `analytic`); on a CPU, or a GPU not in the table, a
 STREAM-style copy and triad over arrays much larger than the last-level cache (source `timer`).

@@ -1,4 +1,4 @@
-"""Compression family (SPEC §2): the bytes the weights really take on disk.
+"""Compression family (docs/spec.md §2): the bytes the weights really take on disk.
 
 One general rule for every technique: write the model's state dict as a
 safetensors file and take its size. What makes it honest for quantized models

@@ -1,4 +1,4 @@
-"""Compute family (SPEC §2): counted FLOPs, MFU against a peak, PCU."""
+"""Compute family (docs/spec.md §2): counted FLOPs, MFU against a peak, PCU."""
 
 from __future__ import annotations
 

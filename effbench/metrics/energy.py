@@ -1,4 +1,4 @@
-"""Energy family (SPEC §2): a hardware counter where one is readable, else an
+"""Energy family (docs/spec.md §2): a hardware counter where one is readable, else an
 estimate that says it is one.
 
 GPU: NVML total-energy counter (`counter`), or power × time when the counter is

@@ -1,4 +1,4 @@
-"""Counted FLOPs (SPEC §2 `compute.flops`): torch.utils.flop_counter, plus what it cannot see.
+"""Counted FLOPs (docs/spec.md §2 `compute.flops`): torch.utils.flop_counter, plus what it cannot see.
 
 Convention: *model* FLOPs, the numerator of MFU (as in PaLM's MFU).
 - A matmul of m×k by k×n is 2·m·n·k (the counter's own formulas).

@@ -1,4 +1,4 @@
-"""Latency family (SPEC §2): per-token timing of generation.
+"""Latency family (docs/spec.md §2): per-token timing of generation.
 
 One `generate()` call only tells end-to-end time; TTFT and ITL need the time of
 every token, which a streamer sees as generate pushes it.

@@ -1,4 +1,4 @@
-"""Memory family (SPEC §2): peak, working memory, average and AMU over the
+"""Memory family (docs/spec.md §2): peak, working memory, average and AMU over the
 measured window; and the model's own resident bytes, counted, beside them."""
 
 from __future__ import annotations

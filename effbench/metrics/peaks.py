@@ -1,4 +1,4 @@
-"""Peak FLOP/s (SPEC §2 compute): the theoretical peak MFU is measured against, and the achievable
+"""Peak FLOP/s (docs/spec.md §2 compute): the theoretical peak MFU is measured against, and the achievable
 peak of the model's own linear layers beside it.
 
 Theoretical (source `analytic`, an upper bound so that an honest MFU never exceeds 1):

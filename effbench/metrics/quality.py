@@ -1,4 +1,4 @@
-"""Quality (SPEC §2): next-token loss and perplexity on held-out text."""
+"""Quality (docs/spec.md §2): next-token loss and perplexity on held-out text."""
 
 from __future__ import annotations
 

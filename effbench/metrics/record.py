@@ -1,4 +1,4 @@
-"""The shape of every stored figure and run (SPEC §1, §2, §4).
+"""The shape of every stored figure and run (docs/spec.md §1, §2, §4).
 
 A `Metric` keeps its raw samples next to the summary so nothing downstream
 (leaderboard ranks, CI gates) has to trust a single number.
@@ -234,7 +234,7 @@ def invalid_metrics(metrics: list[Metric]) -> list[Metric]:
 
 @dataclass
 class RunRecord:
-    """One executed (or failed, or skipped) pair in one scenario: SPEC §4."""
+    """One executed (or failed, or skipped) pair in one scenario: docs/spec.md §4."""
 
     id: str
     created_at: str  # ISO-8601, UTC

@@ -1,4 +1,4 @@
-"""A polling thread that reads a few probes at a fixed interval (SPEC: ≤ 50 ms)."""
+"""A polling thread that reads a few probes at a fixed interval (docs/spec.md: ≤ 50 ms)."""
 
 from __future__ import annotations
 

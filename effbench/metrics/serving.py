@@ -1,4 +1,4 @@
-"""Serving figures (SPEC §2, beyond the paper): request and token rates under a
+"""Serving figures (docs/spec.md §2, beyond the paper): request and token rates under a
 stated load profile, and goodput against latency SLOs. One sample per repeat
 of the whole load; the per-request latencies go to the latency family."""
 

@@ -1,4 +1,4 @@
-"""Throughput family (SPEC §2): prefill and decode tokens/s from per-token timing."""
+"""Throughput family (docs/spec.md §2): prefill and decode tokens/s from per-token timing."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The measured window: every tracker starts and stops on the same edges.
 
 Each repeat is one window; trackers keep one reading per repeat, so every
-metric has samples (SPEC §1).
+metric has samples (docs/spec.md §1).
 """
 
 from __future__ import annotations
