@@ -142,9 +142,12 @@ def test_a_real_serving_run_of_the_tiny_model(tmp_path):
     assert r.status is Status.OK, r.error
     assert r.scenario == "serve" and r.metric("latency.ttft_s").summary.n == 2 * n
     assert r.metric("serve.requests_per_s").summary.n == 2
-    # A tiny model answers 4 tokens in milliseconds: requests leave about as they arrive.
+    # Arrivals follow the seeded schedule exactly, every repeat; the server can serve no faster than they
+    # come (how close it gets depends on how busy this machine is, so that is not asserted).
     schedule = poisson_offsets(rate, n, seed=0)
-    assert r.metric("serve.requests_per_s").value == pytest.approx(n / schedule[-1], rel=0.15)
+    assert r.metric("serve.request_arrival_s").samples == pytest.approx(schedule * 2, abs=1e-9)
+    assert min(r.metric("serve.load_duration_s").samples) >= schedule[-1]
+    assert 0 < r.metric("serve.requests_per_s").value <= n / schedule[-1]
     assert r.metric("serve.goodput_requests_per_s").value == r.metric("serve.requests_per_s").value  # no SLO
     assert r.metric("serve.output_tokens_per_s").value == pytest.approx(4 * r.metric("serve.requests_per_s").value)
     assert r.metric("memory.peak_bytes").value > 0 and r.metric("energy.joules").value > 0
