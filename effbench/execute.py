@@ -119,6 +119,10 @@ def prepare(cfg: DictConfig) -> Plan:
         if technique.check is not None and meta is not None:
             # The technique's own check on that model (e.g. LoRA target modules it lacks).
             technique.check(meta, run_cfg.technique)
+        if run_cfg.quality.tasks:
+            from effbench.quality.lm_eval_runner import task_manager
+
+            task_manager(run_cfg.quality)  # every task name known (lm-eval's registry, the offline suite, yours)
         validate_backend(run_cfg, scenario.name)  # last: it may ask a server's URL whether it is up
     except ValueError as e:  # ConfigError included
         raise ConfigError(str(e)) from None
