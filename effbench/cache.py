@@ -1,6 +1,8 @@
 """Files effbench derives deterministically from settings — a tokenizer trained
 on the bundled corpus, a built-in model saved for a server to load — built once
-and kept under `$EFFBENCH_CACHE` (default results/cache) in a directory named by
+and kept under `$EFFBENCH_CACHE` (default: the user's cache directory,
+`$XDG_CACHE_HOME/effbench` or ~/.cache/effbench, so runs from any working
+directory share it; the CPU probes live there too) in a directory named by
 a hash of those settings, so a changed setting gets a new directory and never a
 stale one. A directory is written under a temporary name and renamed when
 complete: a crash, or a second process building the same one, never leaves a
@@ -18,7 +20,9 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("EFFBENCH_CACHE", "results/cache"))
+    if os.environ.get("EFFBENCH_CACHE"):
+        return Path(os.environ["EFFBENCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "effbench"
 
 
 def settings_key(settings: dict) -> str:

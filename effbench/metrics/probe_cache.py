@@ -4,7 +4,7 @@ them again.
 
 An entry is found by its whole key: whatever the probe's result depends on (CPU signature, threads,
 dtype, shapes, torch version) goes into the key, so a change of any of them measures afresh. The file
-is `$EFFBENCH_CACHE/probes.json` (default `results/cache/probes.json`), replaced atomically;
+is `probes.json` in effbench.cache.cache_root() ($EFFBENCH_CACHE, default ~/.cache/effbench), replaced atomically;
 two processes writing at once can drop one's new entry, which is then measured again next time.
 A timed CPU probe that other processes disturbed is used once but not kept (`others_load`).
 """

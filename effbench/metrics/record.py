@@ -75,10 +75,13 @@ def _median_interval(a: np.ndarray) -> tuple[float | None, float | None]:
     n = a.size
     if n < MIN_SAMPLES_MEDIAN_CI:
         return None, None
-    from scipy import stats  # here, not at import: listing runs needs no scipy
-
-    # binom.ppf: the smallest j with P(B ≤ j) ≥ 2.5%; the CDF takes values m/2ⁿ, never 1/40 itself.
-    k = int(stats.binom.ppf(0.025, n, 0.5))  # = the largest k with P(B ≤ k − 1) ≤ 2.5%
+    # binom.ppf(2.5%, n, ½), exactly: the smallest k with P(B ≤ k) ≥ 2.5% (the CDF takes values m/2ⁿ,
+    # never 1/40 itself) = the largest k with P(B ≤ k − 1) ≤ 2.5%. Counted here, not by scipy.stats,
+    # whose import costs every run's store write a second.
+    k, below = 0, math.comb(n, 0)
+    while below * 40 < 2**n:
+        k += 1
+        below += math.comb(n, k)
     x = np.sort(a)
     return float(x[k - 1]), float(x[n - k])
 
@@ -102,9 +105,9 @@ def _mean_interval(a: np.ndarray, domain: Domain | None) -> tuple[float, float]:
     mean = float(a.mean())
     if a.size < 2:
         return mean, mean
-    from scipy import stats
+    from scipy.special import stdtrit  # Student-t quantile; scipy.stats would cost a second to import
 
-    t = float(stats.t.ppf(0.975, a.size - 1))
+    t = float(stdtrit(a.size - 1, 0.975))
     inside = domain is not None and domain.contains(a)
     if inside and domain.low == 0 and domain.high == math.inf and (a > 0).all():
         y = np.log(a)

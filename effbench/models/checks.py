@@ -85,6 +85,11 @@ def check_model(model_cfg: Any):
         return _meta_from(directory or model_cfg.id, model_cfg.revision, model_cfg.trust_remote_code)
     if model_cfg.source == "artifact":
         return _meta_from(check_artifact(model_cfg))
+    if model_cfg.source == "gguf":
+        from effbench.models.gguf import gguf_file
+
+        gguf_file(model_cfg)  # the file (or its package) exists; converting it is the run's first step
+        return None
     return None
 
 

@@ -1,5 +1,5 @@
-"""Model zoo: tiny architectures built from config (offline, random init) and
-any transformers causal LM by hub id or local path."""
+"""Model zoo: tiny architectures built from config (offline, random init),
+any transformers causal LM by hub id or local path, and GGUF files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
-from effbench.config.schema import ArtifactModelConfig, BuiltinModelConfig, HfModelConfig
+from effbench.config.schema import ArtifactModelConfig, BuiltinModelConfig, GgufModelConfig, HfModelConfig
 from effbench.models.architectures import build_architecture
 
 
@@ -123,6 +123,16 @@ def _from_artifact(cfg: ArtifactModelConfig, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model.eval(), tok, name, "artifact")
 
 
+def _from_gguf(cfg: GgufModelConfig, dtype: torch.dtype) -> LoadedModel:
+    from effbench.models.gguf import gguf_checkpoint, gguf_file
+
+    checkpoint = gguf_checkpoint(gguf_file(cfg))
+    provenance = {**checkpoint.provenance, **({"package": cfg.package} if cfg.package else {})}
+    tok = load_tokenizer(checkpoint.path)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.path, dtype=dtype)
+    return LoadedModel(model.eval(), tok, cfg.name, "gguf", provenance)
+
+
 def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """`dtype` is the precision to load hub weights in; built-in models are
     always initialised in fp32 (init schemes assume it) and cast by the technique."""
@@ -132,7 +142,9 @@ def load_model(cfg, dtype: torch.dtype = torch.float32) -> LoadedModel:
         return _from_pretrained(cfg, dtype)
     if cfg.source == "artifact":
         return _from_artifact(cfg, dtype)
-    raise ValueError(f"model.source={cfg.source!r}; choose builtin, hf or artifact")
+    if cfg.source == "gguf":
+        return _from_gguf(cfg, dtype)
+    raise ValueError(f"model.source={cfg.source!r}; choose builtin, hf, artifact or gguf")
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -29,11 +29,9 @@ with zeros raises (the module has no masking of its own).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from native_sparse_attention_pytorch import SparseAttention
-from rotary_embedding_torch import RotaryEmbedding
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -41,6 +39,9 @@ from transformers.utils import ModelOutput
 
 from effbench.models.architectures.base import (SPECIAL_TOKENS, Architecture, ArchitectureError, register,
                                                 require_divides, require_positive)
+
+if TYPE_CHECKING:
+    from native_sparse_attention_pytorch import SparseAttention
 
 # ---------------------------------------------------------------------------
 # transformers classes
@@ -118,6 +119,10 @@ class NSAMLP(nn.Module):
 
 
 def _sparse_attention(config: EffbenchNSAConfig) -> SparseAttention:
+    # Imported here: the library (and einx) costs every other run's start-up if imported with the registry.
+    from native_sparse_attention_pytorch import SparseAttention
+    from rotary_embedding_torch import RotaryEmbedding
+
     attn = SparseAttention(
         dim=config.hidden_size,
         dim_head=config.head_dim,
@@ -170,6 +175,9 @@ class EffbenchNSAPreTrainedModel(PreTrainedModel):
     _is_stateful = True  # the decode cache cannot be cropped: no assisted generation
 
     def _init_weights(self, module):
+        from native_sparse_attention_pytorch import SparseAttention
+        from rotary_embedding_torch import RotaryEmbedding
+
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
