@@ -38,15 +38,22 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, schema_group: str | None = None) -> None:
         self.kind = kind  # "technique method", "scenario" …: used in messages
+        # Hydra ConfigStore group where an entry's config schema goes (its YAMLs pull it from there)
+        self.schema_group = schema_group
         self._entries: dict[str, Entry[T]] = {}
         self._loaded: dict[str, T] = {}
 
-    def register(self, name: str, target: T | str, **meta: Any) -> T | str:
+    def register(self, name: str, target: T | str, *, schema: type | None = None, **meta: Any) -> T | str:
+        """Add an entry; `schema` (a dataclass) is stored for Hydra as `<schema_group>/<name>`."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} registered twice")
         self._entries[name] = Entry(name, target, meta)
+        if schema is not None:
+            from hydra.core.config_store import ConfigStore
+
+            ConfigStore.instance().store(group=self.schema_group, name=name, node=schema)
         return target
 
     def get(self, name: str) -> T:

@@ -106,15 +106,25 @@ class ScenarioSpec:
         return technique.axis in self.axes or technique.method in self.methods
 
 
-SCENARIOS: Registry[ScenarioSpec] = Registry("scenario")
+SCENARIOS: Registry[ScenarioSpec] = Registry("scenario", schema_group="schema/scenario")
 
 
 def register_scenario(spec: ScenarioSpec) -> ScenarioSpec:
-    from hydra.core.config_store import ConfigStore
+    return SCENARIOS.register(spec.name, spec, schema=spec.schema, axes=spec.axes, methods=spec.methods)
 
-    SCENARIOS.register(spec.name, spec, axes=spec.axes, methods=spec.methods)
-    ConfigStore.instance().store(group="schema/scenario", name=spec.name, node=spec.schema)
-    return spec
+
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on a GPU that has it, else fp32
+
+
+def check_training(sc: Any) -> None:
+    """The keys the training scenarios (pretrain, finetune) share."""
+    from effbench.errors import ConfigError
+
+    at_least("scenario", sc, ("warmup_steps", "lr_warmup_steps"), minimum=0)
+    if sc.precision not in TRAINING_PRECISIONS:
+        raise ConfigError(f"scenario.precision={sc.precision!r}; choose one of {', '.join(TRAINING_PRECISIONS)}")
+    if not sc.lr > 0:
+        raise ConfigError(f"scenario.lr={sc.lr} must be > 0")
 
 
 def at_least(section: str, obj: Any, keys: tuple[str, ...], minimum: int = 1) -> None:

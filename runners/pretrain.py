@@ -14,14 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from effbench.errors import ConfigError
-from runners.base import ScenarioResult, ScenarioSpec, at_least, register_scenario
+from runners.base import ScenarioResult, ScenarioSpec, at_least, check_training, register_scenario
 
 if TYPE_CHECKING:
     from effbench.config.schema import RunConfig
     from runners.base import RunContext, Subject
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -48,11 +45,7 @@ def validate(cfg: RunConfig) -> None:
     sc = cfg.scenario
     at_least("scenario", sc, ("seq_len", "micro_batch_size", "grad_accum", "token_budget", "eval_every",
                               "eval_tokens"))
-    at_least("scenario", sc, ("warmup_steps", "lr_warmup_steps"), minimum=0)
-    if sc.precision not in PRECISIONS:
-        raise ConfigError(f"scenario.precision={sc.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if not sc.lr > 0:
-        raise ConfigError(f"scenario.lr={sc.lr} must be > 0")
+    check_training(sc)
 
 
 def run(subject: Subject, ctx: RunContext) -> ScenarioResult:

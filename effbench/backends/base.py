@@ -73,15 +73,11 @@ class BackendSpec:
     scenarios: tuple[str, ...] = ()  # the scenarios it can run; empty: every scenario that uses a backend
 
 
-BACKENDS: Registry[BackendSpec] = Registry("backend kind")
+BACKENDS: Registry[BackendSpec] = Registry("backend kind", schema_group="schema/backend")
 
 
 def register_backend(spec: BackendSpec) -> BackendSpec:
-    from hydra.core.config_store import ConfigStore
-
-    BACKENDS.register(spec.kind, spec, description=spec.description)
-    ConfigStore.instance().store(group="schema/backend", name=spec.kind, node=spec.schema)
-    return spec
+    return BACKENDS.register(spec.kind, spec, schema=spec.schema, description=spec.description)
 
 
 def _resolve(reference: str) -> Any:

@@ -64,15 +64,11 @@ class TechniqueSpec:
             )
 
 
-TECHNIQUES: Registry[TechniqueSpec] = Registry("technique method")
+TECHNIQUES: Registry[TechniqueSpec] = Registry("technique method", schema_group="schema/technique")
 
 
 def register(spec: TechniqueSpec) -> TechniqueSpec:
-    from hydra.core.config_store import ConfigStore
-
-    TECHNIQUES.register(spec.method, spec, axis=spec.axis)
-    ConfigStore.instance().store(group="schema/technique", name=spec.method, node=spec.schema)
-    return spec
+    return TECHNIQUES.register(spec.method, spec, schema=spec.schema, axis=spec.axis)
 
 
 def get_technique(method: str) -> TechniqueSpec:
