@@ -21,14 +21,18 @@ class LoadedRecords:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) left out with skip_invalid
 
 
-def load_record_file(path: Path) -> list[RunRecord]:
-    """Validated records of one file: a list of records (an export) or a single record object."""
+def _read_json(path: Path, shown: str) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except OSError as e:
         raise RecordError(f"{path}: cannot read: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise RecordError(f"{path.name}: not valid JSON: {e}") from None
+        raise RecordError(f"{shown}: not valid JSON: {e}") from None
+
+
+def load_record_file(path: Path) -> list[RunRecord]:
+    """Validated records of one file: a list of records (an export) or a single record object."""
+    data = _read_json(path, path.name)
     items = data if isinstance(data, list) else [data]
     out = []
     for i, d in enumerate(items):
@@ -76,12 +80,7 @@ def read_records(path: str | os.PathLike[str], skip_invalid: bool = False) -> Lo
                     raise
                 skipped.append((p.name, str(e).removeprefix(f"{p.name}: ")))
     else:
-        try:
-            data: Any = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path}: not valid JSON: {e}") from None
-        except OSError as e:
-            raise RecordError(f"{path}: cannot read: {e.strerror}") from None
+        data = _read_json(path, str(path))
         if not isinstance(data, list):
             raise RecordError(f"{path}: expected a JSON list of run records (an `effbench export`), "
                               f"got {type(data).__name__}")
