@@ -21,6 +21,16 @@ class _Drop(logging.Filter):
         return not (self.pattern.search(record.getMessage()) and self.applies())
 
 
+class _Once(_Drop):
+    """Lets the first matching record through and drops its repeats."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.pattern.search(record.getMessage()):
+            return True
+        seen, self.seen = getattr(self, "seen", False), True
+        return not seen
+
+
 def _no_cuda() -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and not torch.cuda.is_available()
@@ -43,13 +53,20 @@ NOISE = {
 }
 
 
+# Said once, not once per call: bitsandbytes' int8 matmul warns on every forward that it casts
+# fp32 activations to fp16 (~20,000 lines a run). Worth knowing once: that is the technique's arithmetic.
+ONCE = {"bitsandbytes.autograd._functions": r"MatMul8bitLt: inputs will be cast"}
+
+
 def install() -> None:
     """Attach the filters (idempotent). Loggers are created here if their library is not
     imported yet, so the filter is in place when it is."""
-    for name, (pattern, applies) in NOISE.items():
+    filters = [(name, _Drop(pattern, applies)) for name, (pattern, applies) in NOISE.items()]
+    filters += [(name, _Once(pattern)) for name, pattern in ONCE.items()]
+    for name, f in filters:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _Drop) for f in logger.filters):
-            logger.addFilter(_Drop(pattern, applies))
+        if not any(isinstance(g, _Drop) for g in logger.filters):
+            logger.addFilter(f)
 
 
 def progress_bars_on_terminals_only() -> None:

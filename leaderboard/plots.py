@@ -6,6 +6,7 @@ hardware: effbench.compare); the pages choose which."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,16 @@ def symbol(marks: str) -> str:
     """A point's marker: ✕ when a figure behind it is flagged (invalid, undercounted, runtime-dominated),
     ◇ when it is estimated, else ●."""
     return "x" if marks.replace("≈", "") else "diamond" if marks else "circle"
+
+
+BAR_COLUMNS = ["label", "value", "low", "high", "n", "unit", "estimated", "flags", "flag_text"]
+
+
+def bar_row(label: str, fig: compare.Figure, unit: str, found: Sequence[compare.Flag]) -> dict:
+    """One bar of `metric_bars`: a figure with its interval and its sanity flags."""
+    low, high = fig.interval or (np.nan, np.nan)
+    return {"label": label, "value": fig.value, "low": low, "high": high, "n": fig.n, "unit": unit,
+            "estimated": fig.estimated, "flags": compare.marks(found), "flag_text": "; ".join(f.text for f in found)}
 
 
 def metric_bars(rows: pd.DataFrame, name: str) -> go.Figure:

@@ -102,9 +102,6 @@ def columns_for(axis: str, scenario: str | None = None) -> tuple[Column, ...]:
     return (SCENARIO_COLUMNS.get(scenario) or AXIS_COLUMNS.get(axis, _OTHER_AXIS)) + EXTRAS
 
 
-higher_is_better = compare.higher_is_better
-
-
 def is_accuracy(name: str) -> bool:
     return _ACCURACY.fullmatch(name) is not None
 
@@ -209,7 +206,7 @@ def rank_cells(metrics: pd.DataFrame, axis: str, scenario: str | None = None) ->
         rows = metrics[metrics["name"] == name]
         figures = [compare.figure_of_row(r, column.stat) for r in rows.itertuples(index=False)]
         found = [flagged.get((e, name), []) for e in rows["entry"]]
-        direction = higher_is_better(name, rows["higher_is_better"])
+        direction = compare.higher_is_better(name, rows["higher_is_better"])
         why = ["no direction" if direction is None else
                next((UNRANKED_FLAGS[f.code] for f in fl if f.code in UNRANKED_FLAGS), "n<6" if fig.few_repeats else "")
                for fig, fl in zip(figures, found)]

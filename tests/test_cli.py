@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -174,3 +175,28 @@ def test_help_and_a_typo_answer_without_torch(tmp_path, argv):
     rc, torch, seconds = out.stderr.split("RESULT ")[1].split()
     assert (rc, torch) == ("0" if "--help" in argv else "2", "False")
     assert float(seconds) < 10
+
+
+def test_library_noise_is_filtered_at_its_source(tmp_path, caplog):
+    """torchao's and bitsandbytes' import-time messages and torch's pytree deprecation say
+    nothing to a user: effbench.quiet drops them at their loggers (and nothing else)."""
+    code = ("import sys; from effbench import quiet; quiet.install() if sys.argv[1] == 'quiet' else None; "
+            "import torchao, bitsandbytes; import logging; logging.getLogger('torchao').warning('kept')")
+    noise = ("_C_mxfp8", "_C_cutlass_90a", "is an Enum subclass", "gemm_4bit_forward from kernels-community")
+    loud, quiet = (subprocess.run([sys.executable, "-c", code, mode], cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=300).stderr for mode in ("loud", "quiet"))
+    assert "kept" in quiet  # other messages of the same loggers pass
+    assert not [n for n in noise if n in quiet], quiet
+    # bitsandbytes' per-call int8 cast warning: said once, not on every matmul.
+    from effbench import quiet as q
+
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    logger.filters.clear()  # a fresh filter: an earlier run in this process may have said it already
+    q.install()
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for _ in range(3):
+            logger.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", "float32")
+    assert [r.getMessage() for r in caplog.records].count(
+        "MatMul8bitLt: inputs will be cast from float32 to float16 during quantization") == 1
+    if not any(n in loud for n in noise):
+        pytest.skip("these libraries print none of the filtered messages here")

@@ -2,7 +2,6 @@
 (the same verdicts as `effbench compare`): runs of another scenario or workload are shown,
 never judged."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -83,11 +82,7 @@ plotted = [n for n, judged in result.rows.items() if all(judged[k].figure is not
 if len(same) > 1 and plotted:
     name = st.selectbox("Plot", plotted, format_func=ui.title,
                         index=plotted.index("latency.e2e_s") if "latency.e2e_s" in plotted else 0)
-    frame = pd.DataFrame([{"label": heads[k], "value": j.figure.value, "unit": j.unit, "n": j.figure.n,
-                           "low": j.figure.interval[0] if j.figure.interval else np.nan,
-                           "high": j.figure.interval[1] if j.figure.interval else np.nan,
-                           "estimated": j.figure.estimated, "flags": compare.marks(j.flags).replace("≈", ""),
-                           "flag_text": "; ".join(f.text for f in j.flags)}
+    frame = pd.DataFrame([plots.bar_row(heads[k], j.figure, j.unit, j.flags)
                           for k, j in enumerate(result.rows[name]) if k in same])
     ui.show_plot(plots.metric_bars(frame, name), "effbench-compare")
 

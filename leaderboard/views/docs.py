@@ -17,13 +17,15 @@ def slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def sections(text: str) -> dict[str, tuple[str, str]]:
-    """slug → (heading, body) of each `## ` section (the part before the first: slug "")."""
+def sections(text: str) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """slug → (heading, body) of each `## ` section (the part before the first: slug ""), and
+    the slug of each `### ` subsection → its section's, so a link to either opens the section."""
     parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
-    out = {"": ("", parts[0])}
+    out, parent = {"": ("", parts[0])}, {}
     for heading, body in zip(parts[1::2], parts[2::2]):
         out[slug(heading)] = (heading, body)
-    return out
+        parent.update({slug(sub): slug(heading) for sub in re.findall(r"^### (.+)$", body, flags=re.MULTILINE)})
+    return out, parent
 
 
 linked = st.query_params.get("doc", "metrics")
@@ -35,8 +37,9 @@ if not path.is_file():
     st.info(f"The docs are not installed with this copy of the leaderboard: read docs/{doc}.md in the effbench "
             "repository.")
     st.stop()
-found = sections(path.read_text())
+found, parent = sections(path.read_text())
 chosen = st.query_params.get("section", "") if doc == linked else ""
+chosen = parent.get(chosen, chosen)
 keys = list(found)
 section = right.selectbox("Section", keys, index=keys.index(chosen) if chosen in found else 0,
                           format_func=lambda k: found[k][0] or "(introduction)")

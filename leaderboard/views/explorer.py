@@ -3,7 +3,6 @@
 import math
 from datetime import date
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -145,19 +144,11 @@ labels = {i: ui.run_label(m, t, i) for i, m, t in members[["id", "model", "techn
 flagged = ranking.entry_flags(rows)
 
 
-def figures(name: str, stat: str = "value") -> pd.DataFrame:
-    """One row per run of the view that has `name`: label, technique, value, interval, flags."""
-    out = []
-    for r in rows[rows["name"] == name].itertuples(index=False):
-        fig = compare.figure_of_row(r, stat)
-        found = flagged.get((r.entry, name), [])
-        out.append({"id": r.entry, "label": labels[r.entry], "value": fig.value,
-                    "low": fig.interval[0] if fig.interval else np.nan,
-                    "high": fig.interval[1] if fig.interval else np.nan, "n": fig.n, "unit": r.unit,
-                    "estimated": fig.estimated, "flags": compare.marks(found),
-                    "flag_text": "; ".join(x.text for x in found)})
-    return pd.DataFrame(out, columns=["id", "label", "value", "low", "high", "n", "unit", "estimated", "flags",
-                                      "flag_text"])
+def figures(name: str) -> pd.DataFrame:
+    """One bar row (plots.bar_row) per run of the view that has `name`, indexed by run id."""
+    out = {r.entry: plots.bar_row(labels[r.entry], compare.figure_of_row(r), r.unit, flagged.get((r.entry, name), []))
+           for r in rows[rows["name"] == name].itertuples(index=False)}
+    return pd.DataFrame.from_dict(out, orient="index", columns=plots.BAR_COLUMNS)
 
 
 present = compare.in_catalogue_order(rows["name"].unique())
@@ -175,7 +166,7 @@ with tradeoff_tab:
         x_default = next((n for n in (*COSTS, *directed) if n in directed and n != y), y)
         x = c[1].selectbox("x", directed, index=directed.index(x_default), format_func=ui.title, key="trade_x")
         log = c[2].toggle("log axes", help="Logarithmic x and y: spreads figures that span decades.")
-        fx, fy = figures(x).set_index("id"), figures(y).set_index("id")
+        fx, fy = figures(x), figures(y)
         both = fx.index.intersection(fy.index)
         if both.empty:
             st.info(f"No run of this view has both {ui.title(x)} and {ui.title(y)}.")
