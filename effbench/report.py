@@ -139,10 +139,15 @@ def print_comparison(records: list[RunRecord]) -> None:
                           end_section=False)
             last_family = family
         console.print(table)
-        for r, fl in zip(ok, found):
-            if any(f.code != "estimated" for fs in fl.values() for f in fs):
-                console.print(f"[bold]flags of {r.model} × {r.technique}[/] ({r.id[:8]}):")
-                print_flags(fl)
+        if len(ok) == 1:
+            print_flags(found[0])
+        else:  # a sweep: one line per kind of flag, naming the runs; `effbench show` gives each reason
+            for code, kind in compare.FLAG_KINDS.items():
+                runs = [f"{r.technique} ({r.id[:8]})" for r, fl in zip(ok, found)
+                        if any(f.code == code for fs in fl.values() for f in fs)]
+                if runs:
+                    console.print(f"[bold red]{escape(kind.mark)}[/] {escape(kind.meaning)}: {', '.join(runs)} "
+                                  f"[dim]({kind.doc}; `effbench show ID` says which figure and why)[/]")
         console.print(SOURCES)
     for r in records:
         if r.status is not Status.OK:
