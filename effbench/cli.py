@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import fields, is_dataclass
@@ -15,9 +16,11 @@ compression, plus quality, each stored with how it was obtained.
 Commands:
   run      benchmark one model × technique pair (Hydra overrides), or a sweep
            with --multirun. `effbench run --help` lists config groups and keys.
-  list     table of stored runs
+  list     table of stored runs (--columns, --json)
   show     one run in full: config, hardware, every metric with its samples
-  export   runs to JSON (full records), CSV or Parquet (one row per metric)
+  compare  runs side by side against the first: real differences marked
+  export   runs to JSON (full records), CSV or Parquet (one row per metric;
+           --wide: one row per run with its config and hardware)
   import   JSON run records (validated; re-import adds nothing)
   migrate  create or upgrade a SQL store's schema
   gate     CI regression gate: candidate vs baseline runs, noise-aware (exit 1 on regression)
@@ -29,8 +32,11 @@ Examples:
   effbench run --multirun sweep=quick           # tiny-llama × fp32/bf16/fp16
   effbench run model=hf model.id=Qwen/Qwen2.5-0.5B technique=bf16 hardware.device=cuda
   effbench list --status failed
+  effbench list --columns id,technique,AL,latency.ttft_s --json
   effbench show 3f2a
+  effbench compare 3f2a 9c01
   effbench export runs.parquet
+  effbench export runs.csv --wide
 
 The store is SQLite at results/effbench.db unless --db or $EFFBENCH_DB_URL
 names another: sqlite:///PATH, postgresql+psycopg://user@host/db, or
@@ -62,7 +68,29 @@ def explain_config_error(e: BaseException) -> str:
     return f"effbench: bad config\n{msg}\n(see `effbench run --help` for groups and keys)"
 
 
+def run_help(overrides: list[str]) -> int:
+    """`effbench run --help`: config groups, the composed config and examples. Composed here
+    once (Hydra's own help composes the config again for every option of every group: seconds)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from effbench.hydra_app import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    text = cfg.hydra.help
+    groups = sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra" and any(p.glob("*.yaml")))
+    listing = "\n".join(f"{g.name}: {', '.join(sorted(f.stem for f in g.glob('*.yaml')))}" for g in groups)
+    shown = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    print(f"{text.header}\nConfig groups (pick one with GROUP=OPTION):\n{listing}\n\n"
+          f"Current config (override any key with KEY=VALUE):\n{OmegaConf.to_yaml(shown)}\n{text.footer}")
+    return 0
+
+
 def cmd_run(argv: list[str]) -> int:
+    from effbench import quiet
+
+    quiet.progress_bars_on_terminals_only()  # before anything imports tqdm
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -70,10 +98,12 @@ def cmd_run(argv: list[str]) -> int:
 
     # Let config errors reach us instead of Hydra's exit(1), to exit 2 with a clear message.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    from effbench import hydra_app
-
-    sys.argv = ["effbench run", *argv]
     try:
+        if {"--help", "-h"} & set(argv):
+            return run_help([a for a in argv if not a.startswith("-")])
+        from effbench import hydra_app
+
+        sys.argv = ["effbench run", *argv]
         hydra_app.main()
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
         print(explain_config_error(e), file=sys.stderr)
@@ -90,32 +120,69 @@ def _open(args, read_only: bool = True):
 
 
 def cmd_list(args) -> int:
-    from effbench.report import print_run_list
+    from effbench.report import DEFAULT_LIST_COLUMNS, list_column, list_json, print_run_list
 
+    keys = [k.strip() for k in args.columns.split(",") if k.strip()] if args.columns else list(DEFAULT_LIST_COLUMNS)
+    try:
+        for key in keys:
+            list_column(key)
+    except KeyError as e:
+        print(f"effbench: {e.args[0]}", file=sys.stderr)
+        return EXIT_CONFIG
     with _open(args) as store:
         runs = store.runs(status=args.status, model=args.model, technique=args.technique, scenario=args.scenario,
                           tag=args.tag, limit=args.limit)
-    print_run_list(runs)
+    if args.json:
+        print(json.dumps(list_json(runs, keys), indent=1, allow_nan=False, default=str))
+    else:
+        print_run_list(runs, keys)
     return 0
+
+
+def _get(store, run_id: str):
+    """The run, or None after saying on stderr that there is none."""
+    try:
+        return store.get(run_id)
+    except KeyError as e:
+        print(f"effbench: {e.args[0]}; `effbench list` shows the stored runs", file=sys.stderr)
+        return None
 
 
 def cmd_show(args) -> int:
     from effbench.report import print_run
 
     with _open(args) as store:
-        try:
-            record = store.get(args.run)
-        except KeyError as e:
-            print(f"effbench: {e.args[0]}; `effbench list` shows the stored runs", file=sys.stderr)
-            return EXIT_CONFIG
+        record = _get(store, args.run)
+    if record is None:
+        return EXIT_CONFIG
     print_run(record)
     return 0
 
 
+def cmd_compare(args) -> int:
+    from effbench.report import print_compare
+
+    with _open(args) as store:
+        records = [_get(store, i) for i in args.runs]
+    if None in records:
+        return EXIT_CONFIG
+    print_compare(records)
+    return 0
+
+
 def cmd_export(args) -> int:
-    from effbench.store.export import export_format
+    from effbench.store.export import export_format, write_wide
 
     fmt = export_format(args.path, args.format)
+    if args.wide:
+        if fmt == "json":
+            print(f"effbench: --wide writes csv or parquet (one row per run), not {fmt}: JSON records are already "
+                  "one per run", file=sys.stderr)
+            return EXIT_CONFIG
+        with _open(args) as store:
+            n = write_wide(store.runs(), args.path, fmt)
+        print(f"exported {n} runs (one row each: config, hardware, every metric) to {args.path}")
+        return 0
     with _open(args) as store:
         n = store.export(args.path, fmt)
     print(f"exported {n} {'runs' if fmt == 'json' else 'metric rows'} to {args.path}")
@@ -194,15 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--scenario")
     ls.add_argument("--tag")
     ls.add_argument("--limit", type=int, default=50, help="newest N runs (default 50)")
+    ls.add_argument("--columns", metavar="COL,COL", help="columns to show: run fields (id, created, status, axis, "
+                    "scenario, model, technique, hardware, engine, workload, tags, sweep, duration, error), "
+                    "headline figures (AL, tput, mem, model_mem, energy, J/tok, ppl, compression) or any metric name "
+                    "(default: id,created,status,scenario,model,technique,AL,tput,mem,ppl)")
+    ls.add_argument("--json", action="store_true", help="the rows as JSON (metric columns with unit, interval, "
+                                                        "source and flags) instead of a table")
     ls.set_defaults(func=cmd_list)
 
     sh = with_db(sub.add_parser("show", help="one run in full"))
     sh.add_argument("run", help="run id or a unique prefix of it")
     sh.set_defaults(func=cmd_show)
 
-    ex = with_db(sub.add_parser("export", help="export runs: .json (records), .csv / .parquet (one row per metric)"))
+    cp = with_db(sub.add_parser("compare", help="runs side by side against the first, real differences marked",
+                                description="Every metric of the runs side by side; each run judged against the "
+                                            "first by the leaderboard's rules: a difference counts only outside "
+                                            "both 95%% intervals and beyond the metric's practical threshold. Runs "
+                                            "of another scenario or workload are shown, not judged."))
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="run ids or unique prefixes; the first is the baseline")
+    cp.set_defaults(func=cmd_compare)
+
+    ex = with_db(sub.add_parser("export", help="export runs: .json (records), .csv / .parquet (one row per metric, "
+                                               "or per run with --wide)"))
     ex.add_argument("path")
     ex.add_argument("--format", choices=["json", "csv", "parquet"], help="default: from the file extension")
+    ex.add_argument("--wide", action="store_true", help="one row per run: its fields, config.* and hardware.* "
+                                                        "flattened, and per metric its value, interval, n, source "
+                                                        "and invalid reason")
     ex.set_defaults(func=cmd_export)
 
     im = with_db(sub.add_parser("import", help="import JSON run records (validated, idempotent)"))
@@ -252,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # a store that cannot be opened as asked, an export format, ...
         print(f"effbench: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:  # `effbench list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from effbench import quiet
 from effbench.config.schema import NON_IDENTITY_KEYS, RunConfig, load_plugins
 from effbench.errors import ConfigError
 from effbench.registry import UnknownName
@@ -40,6 +41,7 @@ __all__ = ["ConfigError", "config_hash", "execute", "prepare", "validate"]
 
 log = logging.getLogger("effbench")
 load_plugins()
+quiet.install()
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -12,6 +12,7 @@ page = st.navigation([
     st.Page("views/explorer.py", title="Explorer", icon=":material/search:"),
     st.Page("views/run.py", title="Run detail", icon=":material/description:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/docs.py", title="Docs", icon=":material/menu_book:"),
 ])  # fmt: skip
 ui.sidebar(ui.store_url())
 try:

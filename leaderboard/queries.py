@@ -4,18 +4,18 @@ directory with pandas. Read-only."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from effbench.compare import workload_key
 from effbench.store import Filters, Store, StoreError, StoreMissing, open_store as _open
 from effbench.store.base import METRIC_COLUMNS, RUN_COLUMNS
 
 FIRST_SWEEP = "make demo   # or: effbench run --multirun sweep=quick"
 
 __all__ = ["FIRST_SWEEP", "METRIC_COLUMNS", "RUN_COLUMNS", "Filters", "StoreUnavailable", "count_runs", "facets",
-           "latest_ok_runs", "metric_rows", "newest_metric_rows", "open_store", "run_page", "version"]
+           "latest_ok_runs", "metric_rows", "open_store", "run_page", "version"]
 
 
 class StoreUnavailable(Exception):
@@ -60,17 +60,12 @@ def metric_rows(store: Store, run_ids: Sequence[str], names: Iterable[str] = (),
     return store.query.metric_rows(list(run_ids), names, like, samples)
 
 
-def newest_metric_rows(store: Store, f: Filters, names: Iterable[str], cap: int) -> pd.DataFrame:
-    """Run columns + metric rows of the newest `cap` ok runs that match, for the named metrics."""
-    return store.query.newest_metric_rows(f, names, cap)
-
-
 def latest_ok_runs(store: Store, f: Filters = Filters()) -> pd.DataFrame:
-    """The newest ok run per (axis, scenario and data config, hardware, model, technique):
-    the runs the overview ranks. Columns: RUN_COLUMNS, workload (JSON), parameters."""
+    """The newest ok run per (axis, workload, hardware, model, technique): the runs the
+    overview ranks and the Explorer plots. Columns: RUN_COLUMNS, config (dict), workload
+    (effbench.compare.workload_key), parameters."""
     runs = store.query.latest_ok_runs(f)
-    runs["workload"] = [json.dumps({k: c.get(k) for k in ("scenario", "data")}, sort_keys=True)
-                        for c in runs.pop("config")]
+    runs["workload"] = [workload_key(c) for c in runs["config"]]
     runs["parameters"] = runs["parameters"].astype(float)
     return (runs.sort_values(["created_at", "id"], ascending=False)
             .drop_duplicates(["axis", "scenario", "workload", "hardware", "model", "technique"])

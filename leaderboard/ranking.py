@@ -1,8 +1,10 @@
-"""The leaderboard's rules (SPEC §3), as pure functions on pandas frames.
+"""The leaderboard's rules (docs/spec.md §3), as pure functions on pandas frames.
 
-Peer groups, the paper's columns per axis, ranks with ties by 95%-interval
-overlap, min–max scores, the composite and the Pareto front. No database and
-no Streamlit here: docs/leaderboard.md states the same rules in words.
+Peer groups, the paper's columns per axis, ranks, min–max scores, the composite and
+the Pareto front. What a workload is, when a difference is real (intervals and the
+metric's practical threshold) and which figures carry a sanity flag are
+effbench.compare's, shared with `effbench compare` and the gate. No database and no
+Streamlit here: docs/leaderboard.md states the same rules in words.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from effbench.metrics.catalog import CATALOG
+from effbench import compare
+from effbench.compare import Figure
 
 # Upper bounds (parameters, exclusive) of the model-size buckets. The paper's
 # 0.5B, 1.5B and 3B models (and SPEC's 3.8B example) each land in their own.
@@ -47,8 +50,11 @@ class Column:
 
 
 PERFORMANCE = "Performance"
-CELL_COLUMNS = ["entry", "column", "metric", "value", "low", "high", "unit", "source", "estimated", "higher_is_better",
-                "rank", "pool", "tier"]
+# One row per entry × column. low/high: the 95% interval of the figure shown (NaN: none);
+# flags: the marks of its sanity flags, flag_text their explanations; why: why it is not
+# ranked ("" when it is).
+CELL_COLUMNS = ["entry", "column", "metric", "stat", "value", "low", "high", "n", "unit", "source", "estimated",
+                "exact", "invalid", "flags", "flag_text", "higher_is_better", "rank", "pool", "tier", "why"]
 _AMU = Column("AMU", ("memory.amu",))
 _AL = Column("AL", ("latency.e2e_s", "latency.step_s"), stat="mean")
 _AEC = Column("AEC", ("energy.avg_power_w",))
@@ -65,16 +71,25 @@ _OTHER_AXIS = (Column(PERFORMANCE, _QUALITY), _AMU, _AL, _AEC)
 # serving (beyond the paper) ranks by its own rates.
 SCENARIO_COLUMNS: dict[str, tuple[Column, ...]] = {
     "serve": (_AMU, _AL, Column("Req/s", ("serve.requests_per_s",)),
-              Column("Goodput", ("serve.goodput_requests_per_s",)), _AEC),
+              Column("Goodput", ("serve.goodput_requests_per_s",)), _AEC,
+              Column("Knee", ("serve.knee_rate",), paper=False),
+              Column("Capacity", ("serve.capacity_rate", "serve.capacity_concurrency"), paper=False)),
 }
+# Model mem: the model's own counted bytes, which tell techniques apart where the
+# process's peak (Peak mem, AMU) is mostly the runtime (a CPU run).
 EXTRAS = tuple(
     Column(title, (name,), paper=False)
-    for title, name in (("Peak mem", "memory.peak_bytes"), ("MFU", "compute.mfu"), ("TTFT", "latency.ttft_s"),
-                        ("TPOT", "latency.tpot_s"), ("J/token", "energy.joules_per_token"))
+    for title, name in (("Peak mem", "memory.peak_bytes"), ("Model mem", "memory.model_resident_bytes"),
+                        ("MFU", "compute.mfu"), ("TTFT", "latency.ttft_s"), ("TPOT", "latency.tpot_s"),
+                        ("J/token", "energy.joules_per_token"))
 )
-# Every metric a rank table may show (plus lm-eval accuracies, matched by ACCURACY_LIKE).
+# What the sanity flags are computed from (effbench.compare.flags), beside the columns.
+FLAG_INPUTS = ("memory.runtime_share", "compute.flops", "compute.flops_analytic")
+# Every metric a rank table reads (plus lm-eval accuracies, matched by ACCURACY_LIKE).
 RANKED_METRICS = sorted({n for cols in (*AXIS_COLUMNS.values(), *SCENARIO_COLUMNS.values(), EXTRAS) for c in cols
-                         for n in c.candidates})
+                         for n in c.candidates} | set(FLAG_INPUTS))
+# Flags that keep a figure out of the ranks: a defect, or a figure that cannot tell techniques apart.
+UNRANKED_FLAGS = {"invalid": "invalid", "runtime-memory": "runtime-dominated", "flops-low": "FLOPs undercounted"}
 
 
 def size_bucket(parameters: float | None) -> str:
@@ -85,13 +100,6 @@ def size_bucket(parameters: float | None) -> str:
 
 def columns_for(axis: str, scenario: str | None = None) -> tuple[Column, ...]:
     return (SCENARIO_COLUMNS.get(scenario) or AXIS_COLUMNS.get(axis, _OTHER_AXIS)) + EXTRAS
-
-
-def higher_is_better(name: str, stored: Iterable = ()) -> bool | None:
-    """Direction from the catalogue; metrics it lacks (lm-eval tasks) keep the one stored with them."""
-    if name in CATALOG:
-        return CATALOG[name].higher_is_better
-    return next((bool(s) for s in stored if s is not None and s == s), None)
 
 
 def is_accuracy(name: str) -> bool:
@@ -111,40 +119,27 @@ def resolve(column: Column, counts: Mapping[str, int]) -> str | None:
 # ---------------------------------------------------------------- peer groups
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def workload_labels(workloads: pd.Series) -> dict[str, str]:
-    """Short label per workload (JSON of the run's scenario and data config): the
-    settings that differ from the other workloads of the same scenario, or ""."""
-    flat = {w: _flatten(json.loads(w)) for w in workloads.unique()}
-    labels = {}
-    for w, settings in flat.items():
-        others = [o for o, s in flat.items() if o != w and s.get("scenario.name") == settings.get("scenario.name")]
-        differing = sorted({k for o in others for k in settings.keys() | flat[o].keys()
-                            if settings.get(k) != flat[o].get(k)})
-        labels[w] = ", ".join(f"{k.removeprefix('scenario.')}={settings.get(k, '–')}" for k in differing)
-    return labels
+def workload_labels(runs: pd.DataFrame) -> pd.Series:
+    """`inference (batch_size=8)` per run (columns scenario, workload = effbench.compare.workload_key):
+    the scenario and the workload keys that vary among the runs of that scenario here."""
+    unique = runs.drop_duplicates(["scenario", "workload"])
+    keys = list(zip(unique["scenario"], unique["workload"]))
+    label = dict(zip(keys, compare.label_workloads([(s, json.loads(w)) for s, w in keys])))
+    return pd.Series([label[k] for k in zip(runs["scenario"], runs["workload"])], index=runs.index, dtype=object)
 
 
 def peer_groups(runs: pd.DataFrame) -> pd.DataFrame:
-    """Adds `bucket` and `group` to runs (columns axis, scenario, workload, hardware,
-    parameters). A peer group is axis × workload × model-size bucket × hardware:
-    SPEC's axis × size × hardware, split by scenario and its settings, since a
-    pretraining run and an inference run (or batch 1 and batch 8) measure different things."""
+    """Adds `bucket`, `view` and `group` to runs (columns axis, scenario, workload, hardware,
+    parameters). A view is one scenario and workload on one hardware: what the
+    Explorer plots together. A peer group is axis × view × model-size bucket: SPEC's
+    axis × size × hardware, split by the workload, since a pretraining run and an
+    inference run (or batch 1 and batch 8) measure different things."""
     runs = runs.copy()
     runs["bucket"] = [size_bucket(p) for p in runs["parameters"]]
-    labels = workload_labels(runs["workload"]) if len(runs) else {}
-    scenario = runs["scenario"] + runs["workload"].map(lambda w: f" ({labels[w]})" if labels[w] else "")
     hardware = runs["hardware"].fillna("unknown hardware")
-    runs["group"] = runs["axis"] + " · " + scenario + " · " + runs["bucket"] + " · " + hardware
+    label = workload_labels(runs) if len(runs) else pd.Series(dtype=object)
+    runs["view"] = label + " · " + hardware
+    runs["group"] = runs["axis"] + " · " + label + " · " + runs["bucket"] + " · " + hardware
     return runs
 
 
@@ -157,17 +152,18 @@ def group_order(groups: pd.DataFrame) -> list[str]:
 # ---------------------------------------------------------------------- ranks
 
 
-def interval_ranks(values, lows, highs, higher_is_better: bool) -> np.ndarray:
-    """Competition ranks, 1 = best. Going from best to worst value, an entry whose
-    interval overlaps that of the current tie group's first (best) entry shares its
-    rank; otherwise it starts a new tie group ranked by its position. Every member of
-    a tie group thus overlaps its leader, and ranks never improve as values worsen."""
-    values, lows, highs = (np.asarray(a, dtype=float) for a in (values, lows, highs))
+def tie_ranks(figures: Sequence[Figure], higher_is_better: bool, rel: float) -> np.ndarray:
+    """Competition ranks, 1 = best. Going from best to worst value, a figure that is not
+    really different from the current tie group's first (best) figure — by
+    effbench.compare.real_difference: outside both intervals and beyond `rel` — shares its
+    rank; otherwise it starts a new tie group ranked by its position. Every member of a tie
+    group thus ties with its leader, ties do not chain, and a worse value never ranks better."""
+    values = np.array([f.value for f in figures], dtype=float)
     order = np.argsort(-values if higher_is_better else values, kind="stable")
     ranks = np.zeros(len(values), dtype=int)
     leader = None
     for position, i in enumerate(order, start=1):
-        if leader is not None and lows[i] <= highs[leader] and lows[leader] <= highs[i]:
+        if leader is not None and compare.real_difference(figures[leader], figures[i], rel) is not True:
             ranks[i] = ranks[leader]
         else:
             leader, ranks[i] = i, position
@@ -179,15 +175,27 @@ def tier(rank: int, pool: int) -> int:
     return 1 + (3 * (rank - 1)) // pool
 
 
-def rank_cells(metrics: pd.DataFrame, axis: str, scenario: str | None = None) -> pd.DataFrame:
-    """The rank table of one peer group, long: one row per entry × column.
+def entry_flags(metrics: pd.DataFrame) -> dict[tuple[str, str], list[compare.Flag]]:
+    """(entry, metric) → the sanity flags of that figure (effbench.compare.flags per entry)."""
+    out = {}
+    for entry, rows in metrics.groupby("entry", sort=False):
+        by_name = {r.name: r for r in rows.itertuples(index=False)}
+        for name, found in compare.flags(by_name).items():
+            out[(entry, name)] = found
+    return out
 
-    `metrics` has one row per entry × metric (columns entry, name, value, mean,
-    ci95_low, ci95_high, unit, source, higher_is_better). Figures with source
-    `estimated` are ranked in a pool of their own, apart from measured ones.
-    Paper columns are kept when empty (metric None); extras only when present.
+
+def rank_cells(metrics: pd.DataFrame, axis: str, scenario: str | None = None) -> pd.DataFrame:
+    """The table of one peer group, long: one row per entry × column (CELL_COLUMNS).
+
+    `metrics` has one row per entry × metric (columns entry and effbench.store.base.METRIC_COLUMNS).
+    Every figure is shown; it is ranked only when it can be told apart: it has an interval
+    (or is exact), carries no flag in UNRANKED_FLAGS, its metric has a direction, and at
+    least one other figure of its pool can be ranked with it. Estimated figures form a pool
+    of their own. Paper columns are kept when empty (metric None); extras only when present.
     """
     counts = metrics["name"].value_counts().to_dict()
+    flagged = entry_flags(metrics)
     frames = []
     for column in columns_for(axis, scenario):
         name = resolve(column, counts)
@@ -196,21 +204,32 @@ def rank_cells(metrics: pd.DataFrame, axis: str, scenario: str | None = None) ->
                 frames.append(pd.DataFrame({"column": [column.title], "metric": [None]}))
             continue
         rows = metrics[metrics["name"] == name]
-        value = rows[column.stat].astype(float)
+        figures = [compare.figure_of_row(r, column.stat) for r in rows.itertuples(index=False)]
+        found = [flagged.get((e, name), []) for e in rows["entry"]]
+        direction = compare.higher_is_better(name, rows["higher_is_better"])
+        why = ["no direction" if direction is None else
+               next((UNRANKED_FLAGS[f.code] for f in fl if f.code in UNRANKED_FLAGS), "n<6" if fig.few_repeats else "")
+               for fig, fl in zip(figures, found)]
         cells = pd.DataFrame({
-            "entry": rows["entry"], "column": column.title, "metric": name, "value": value,
-            "low": np.fmin(rows["ci95_low"], value), "high": np.fmax(rows["ci95_high"], value),
-            "unit": rows["unit"], "source": rows["source"], "estimated": rows["source"] == ESTIMATED,
-            "higher_is_better": higher_is_better(name, rows["higher_is_better"]),
-            "rank": np.nan, "pool": np.nan, "tier": np.nan,
+            "entry": rows["entry"].to_numpy(), "column": column.title, "metric": name, "stat": column.stat,
+            "value": [f.value for f in figures],
+            "low": [f.interval[0] if f.interval else np.nan for f in figures],
+            "high": [f.interval[1] if f.interval else np.nan for f in figures],
+            "n": [f.n for f in figures], "unit": rows["unit"].to_numpy(), "source": rows["source"].to_numpy(),
+            "estimated": [f.estimated for f in figures], "exact": [f.exact for f in figures],
+            "invalid": [f.invalid for f in figures], "flags": [compare.marks(fl) for fl in found],
+            "flag_text": ["; ".join(f.text for f in fl) for fl in found], "higher_is_better": direction,
+            "rank": np.nan, "pool": np.nan, "tier": np.nan, "why": why,
         })  # fmt: skip
-        direction = cells["higher_is_better"].iloc[0]
-        if direction is not None:
-            for _, pool in cells.groupby("estimated"):
-                ranks = interval_ranks(pool["value"], pool["low"], pool["high"], direction)
-                cells.loc[pool.index, "rank"] = ranks
-                cells.loc[pool.index, "pool"] = len(pool)
-                cells.loc[pool.index, "tier"] = [tier(r, len(pool)) for r in ranks]
+        rankable = cells[cells["why"] == ""]
+        for _, pool in rankable.groupby("estimated"):
+            if len(pool) < 2:  # nothing to rank it against: a value, not a rank
+                cells.loc[pool.index, "why"] = "alone"
+                continue
+            ranks = tie_ranks([figures[i] for i in pool.index], bool(direction), compare.threshold(name))
+            cells.loc[pool.index, "rank"] = ranks
+            cells.loc[pool.index, "pool"] = len(pool)
+            cells.loc[pool.index, "tier"] = [tier(r, len(pool)) for r in ranks]
         frames.append(cells)
     return pd.concat(frames, ignore_index=True).reindex(columns=CELL_COLUMNS)
 
@@ -219,11 +238,11 @@ def rank_cells(metrics: pd.DataFrame, axis: str, scenario: str | None = None) ->
 
 
 def scores(cells: pd.DataFrame, include_estimated: bool = False) -> pd.Series:
-    """Min–max normalised score per cell, 1 = best of the group, 0 = worst, oriented by
-    direction. Normalised over measured cells only, unless estimated ones are included;
-    excluded cells and metrics without a direction are NaN. All-equal values score 1."""
+    """Min–max normalised score per ranked cell, 1 = best of the group, 0 = worst, oriented
+    by direction. Normalised over measured cells only, unless estimated ones are included;
+    unranked cells are NaN. All-equal values score 1."""
     out = pd.Series(np.nan, index=cells.index)
-    usable = cells["higher_is_better"].notna() & cells["value"].notna()
+    usable = cells["rank"].notna()
     if not include_estimated:
         usable &= ~cells["estimated"].fillna(False).astype(bool)
     for _, col in cells[usable].groupby("column"):
@@ -238,15 +257,15 @@ def scores(cells: pd.DataFrame, include_estimated: bool = False) -> pd.Series:
 
 def composite(cells: pd.DataFrame, weights: Mapping[str, float], include_estimated: bool = False) -> pd.DataFrame:
     """Composite efficiency score per entry: the weighted harmonic mean of its scores
-    (each lifted to FLOOR + (1 − FLOOR)·score), over the columns with weight > 0 it has.
-    Columns: score, used (how many columns went in), rank (ties: equal scores)."""
+    (each lifted to FLOOR + (1 − FLOOR)·score), over the ranked columns with weight > 0 it
+    has. Columns: score, used (how many columns went in), rank (ties: equal scores)."""
     s = scores(cells, include_estimated)
     w = cells["column"].map(weights).fillna(0.0)
     keep = s.notna() & (w > 0)
     parts = pd.DataFrame({"entry": cells["entry"][keep], "w": w[keep], "s": FLOOR + (1 - FLOOR) * s[keep]})
     by = parts.assign(inv=parts["w"] / parts["s"]).groupby("entry")
     out = pd.DataFrame({"score": by["w"].sum() / by["inv"].sum(), "used": by.size()})
-    out["rank"] = interval_ranks(out["score"], out["score"], out["score"], True) if len(out) else []
+    out["rank"] = out["score"].rank(method="min", ascending=False).astype(int) if len(out) else []
     return out
 
 
@@ -264,17 +283,3 @@ def pareto_front(x, y, x_higher_is_better: bool, y_higher_is_better: bool) -> np
         elif y[i] == best_y and x[i] == best_x:  # a duplicate of a front point
             front[i] = True
     return front
-
-
-def verdict(base: tuple[float, float, float], other: tuple[float, float, float], higher_is_better: bool | None) -> str:
-    """How `other` (value, ci95_low, ci95_high) compares with `base`: "same" value, "within noise"
-    when the 95% intervals (each widened to hold its value) overlap, else "better" or "worse" by
-    the metric's direction ("differs" without one)."""
-    (v0, lo0, hi0), (v1, lo1, hi1) = base, other
-    if v1 == v0:
-        return "same"
-    if min(lo1, v1) <= max(hi0, v0) and min(lo0, v0) <= max(hi1, v1):
-        return "within noise"
-    if higher_is_better is None:
-        return "differs"
-    return "better" if (v1 > v0) == higher_is_better else "worse"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from html import escape
 from typing import NamedTuple
 
 import pandas as pd
@@ -11,11 +12,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from sqlalchemy.engine import make_url
 
-from effbench.metrics.catalog import CATALOG
 from effbench.metrics.record import RunRecord, Source
 from effbench.report import fmt
 from effbench.store import Store, default_url
 from leaderboard import queries
+from leaderboard.plots import run_label, title  # noqa: F401  (the pages' labels)
 from leaderboard.queries import FIRST_SWEEP, Filters
 
 CACHE_ENTRIES = 256  # per cached query
@@ -97,26 +98,12 @@ def metric_rows(snap: Snapshot, run_ids: tuple[str, ...], names: tuple[str, ...]
 
 
 @_cached
-def newest_metric_rows(snap: Snapshot, f: Filters, names: tuple[str, ...], cap: int) -> pd.DataFrame:
-    return queries.newest_metric_rows(_store(snap.url), f, names, cap)
-
-
-@_cached
 def record(snap: Snapshot, run_id: str) -> RunRecord:
     return _store(snap.url).get(run_id)
 
 
-def title(name: str) -> str:
-    """Display name with the key, e.g. "AL (latency.e2e_s)"."""
-    return f"{CATALOG[name].display} ({name})" if name in CATALOG else name
-
-
 def value_text(value: float, unit: str, source: str) -> str:
     return ("≈ " if source == Source.ESTIMATED.value else "") + fmt(value, unit)
-
-
-def run_label(model: str, technique: str, run_id: str) -> str:
-    return f"{model} × {technique} · {run_id[:8]}"
 
 
 def show_plot(fig: go.Figure, name: str) -> None:
@@ -127,43 +114,12 @@ def show_plot(fig: go.Figure, name: str) -> None:
                                  "toImageButtonOptions": {"format": fmt_, "filename": name, "scale": 2}})
 
 
-def metric_bars(rows: pd.DataFrame, name: str) -> go.Figure:
-    """Bars of one metric with 95%-CI error bars (from the stored samples); rows: label, value, ci95_low,
-    ci95_high, unit, source. Estimated bars are hatched."""
-    unit = rows["unit"].iloc[0]
-    estimated = rows["source"] == Source.ESTIMATED.value
-    fig = go.Figure(go.Bar(
-        x=rows["label"], y=rows["value"],
-        error_y={"type": "data", "symmetric": False, "array": (rows["ci95_high"] - rows["value"]).clip(lower=0),
-                 "arrayminus": (rows["value"] - rows["ci95_low"]).clip(lower=0)},
-        marker_pattern_shape=["/" if e else "" for e in estimated],
-        hovertext=[f"{value_text(v, unit, s)}<br>95% CI {fmt(lo, unit)} – {fmt(hi, unit)}<br>n = {n}, {s}"
-                   for v, lo, hi, n, s in rows[["value", "ci95_low", "ci95_high", "n", "source"]].itertuples(False)],
-        hoverinfo="text",
-    ))  # fmt: skip
-    fig.update_layout(title=title(name) + (" — hatched: estimated" if estimated.any() else ""),
-                      yaxis_title=unit or "value", xaxis_tickangle=-30)
-    return fig
-
-
-def loss_curves(records: list[RunRecord]) -> go.Figure:
-    """Training loss per optimizer step (warm-up included) and held-out loss after each
-    measured segment, of the runs that stored a loss curve."""
-    fig = go.Figure()
-    for r in records:
-        by = {m.name: m.samples for m in r.metrics}
-        if "quality.train_loss" not in by:
-            continue
-        label = run_label(r.model, r.technique, r.id)
-        train, evals = by["quality.train_loss"], by.get("quality.eval_loss", [])
-        fig.add_scatter(x=list(range(1, len(train) + 1)), y=train, mode="lines", name=f"{label} train",
-                        legendgroup=r.id)
-        scenario = r.config.get("scenario", {})
-        first, every = scenario.get("warmup_steps", 0), scenario.get("eval_every", len(train) // max(len(evals), 1))
-        fig.add_scatter(x=[first + every * (k + 1) for k in range(len(evals))], y=evals, mode="lines+markers",
-                        name=f"{label} held-out", legendgroup=r.id, line_dash="dot")
-    fig.update_layout(title="Pretraining loss curves", xaxis_title="optimizer step", yaxis_title="loss (nat/token)")
-    return fig
+def doc_link(doc: str, text: str) -> str:
+    """An HTML link to a section of docs/*.md, shown by the Docs page
+    (`docs/metrics.md#compute` → `docs?doc=metrics&section=compute`)."""
+    path, _, section = doc.partition("#")
+    name = path.removeprefix("docs/").removesuffix(".md")
+    return f'<a href="docs?doc={name}&amp;section={section}" target="_self">{escape(text)}</a>'
 
 
 def sidebar(url: str) -> None:

@@ -223,7 +223,7 @@ def measured_training(train_step: Callable[[], float], evaluate: Callable[[], fl
                       device: torch.device, dist: Distributed, desc: str, cpu_max_ghz: float | None = None
                       ) -> TrainingRun:
     """Warm-up, then measured segments with a held-out evaluation after each (module docstring)."""
-    bar = tqdm(total=plan.total_steps, desc=desc, unit="step", leave=False, disable=not dist.is_main)
+    bar = tqdm(total=plan.total_steps, desc=desc, unit="step", leave=False, disable=None if dist.is_main else True)
     losses = []
     for _ in range(plan.warmup_steps):
         losses.append(dist.mean(train_step()))

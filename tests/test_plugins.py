@@ -261,6 +261,10 @@ def test_unknown_and_unusable_store_urls():
 
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "json"])
 def test_leaderboard_queries_agree_on_every_store(tmp_path, kind):
+    import pandas as pd
+
+    from effbench.metrics.catalog import make_metric as catalog_metric
+    from effbench.metrics.record import Source
     from effbench.store import Filters
 
     url = {"sqlite": f"sqlite:///{tmp_path}/s.db", "json": f"json://{tmp_path}/records",
@@ -274,24 +278,32 @@ def test_leaderboard_queries_agree_on_every_store(tmp_path, kind):
 
         with store.engine.begin() as conn:
             conn.execute(text("DELETE FROM runs"))
+    judged = make_record(technique="e", tags=[], hardware={"label": "cpu"})
+    judged.metrics += [catalog_metric("latency.e2e_s", 4.5, Source.TIMER, samples=[1, 2, 3, 4, 5, 6, 7, 8]),
+                       catalog_metric("compute.mfu", 5.0, Source.TIMER)]
     runs = [make_record(technique=t, tags=[t], hardware={"label": "cpu"}) for t in ("a", "b", "c")]
     runs.append(make_record(status="failed", metrics=[], technique="d", tags=[], hardware={"label": "cpu"}))
-    for r in runs:
+    for r in [judged, *runs]:
         store.write(r)
     q = open_store(url, read_only=True).query
-    assert q.version() == (4, runs[-1].created_at)
-    assert q.count_runs(Filters()) == 4 and q.count_runs(Filters(status=("ok",))) == 3
+    assert q.version() == (5, runs[-1].created_at)
+    assert q.count_runs(Filters()) == 5 and q.count_runs(Filters(status=("ok",))) == 4
     assert q.count_runs(Filters(tag=("b",))) == 1
     facets = q.facets()
-    assert facets["technique"] == ["a", "b", "c", "d"] and facets["tag"] == ["a", "b", "c"]
+    assert facets["technique"] == ["a", "b", "c", "d", "e"] and facets["tag"] == ["a", "b", "c"]
     page = q.run_page(Filters(), "tokens_per_s", True, 0, 10)
     assert list(page["id"])[-1] == runs[-1].id  # no metric: sorted last
     rows = q.metric_rows([runs[0].id], (), "tokens%", False)
     assert list(rows["name"]) == ["tokens_per_s"] and rows["n"].iloc[0] == 3
-    newest = q.newest_metric_rows(Filters(), ["latency_ms"], 2)
-    assert sorted(newest["technique"]) == ["b", "c"]
+    # What the pages judge figures by: the median's interval (none below 6 samples), the mean's, invalid.
+    figures = q.metric_rows([judged.id], ("latency.e2e_s", "compute.mfu"), None, False).set_index("name")
+    e2e = figures.loc["latency.e2e_s"]
+    assert (e2e["median"], e2e["median_ci95_low"], e2e["median_ci95_high"]) == (4.5, 1.0, 8.0)  # order statistics
+    assert e2e["ci95_low"] < 4.5 < e2e["ci95_high"] and e2e["n"] == 8 and pd.isna(e2e["invalid"])
+    assert "outside its domain" in figures.loc["compute.mfu", "invalid"]
+    assert pd.isna(figures.loc["compute.mfu", "median_ci95_low"])  # one sample
     latest = q.latest_ok_runs(Filters())
-    assert sorted(latest["technique"]) == ["a", "b", "c"] and "config" in latest
+    assert sorted(latest["technique"]) == ["a", "b", "c", "e"] and "config" in latest
 
 
 # --- light imports and packaging -----------------------------------------------------------------------------------

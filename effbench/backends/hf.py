@@ -77,7 +77,9 @@ class HfBackend:
         self._timer.reset()
         out = self.model.generate(**self._kwargs(input_ids, output_tokens), streamer=self._timer,
                                   return_dict_in_generate=True)
-        self.last_cache = out.past_key_values  # what the KV-cache figures count
+        # What the KV-cache figures count; transformers 5.24 renamed the field `cache` (the old
+        # name still answers, with a deprecation warning on every run).
+        self.last_cache = out["cache"] if "cache" in out else out.past_key_values
         return self._timer.timing()
 
     def generate_untimed(self, input_ids: torch.Tensor, output_tokens: int) -> None:

@@ -15,9 +15,11 @@ Pairing (decided here, see docs/ci-and-cluster.md):
 - `names` (default): a pair is model × technique × scenario. Where one side holds
   several configs of one such pair (a sweep over batch sizes), the config keys
   that vary *within* a side are added to the key (e.g. `scenario.batch_size=4`),
-  so sweeps pair point by point, while a default that changed *between* the two
-  sides (what a pull request does) does not split the pair — it is shown as a
-  note. Config hashes would miss those pairs entirely.
+  so sweeps pair point by point; so are workload keys (effbench.compare.workload:
+  the scenario's keys, data, quality tasks, backend kind) whose values differ
+  *between* the sides, since runs of different work are never compared. Any other
+  default that changed between the sides (what a pull request does) does not
+  split the pair — it is shown as a note. Config hashes would miss those pairs.
 - `config`: a pair is one config hash: strict like-for-like, nothing else.
 - `ab`: each side is one configuration measured in many processes (`effbench ab`):
   one median per process, processes paired by their `pair:<k>` tags, the looks
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from effbench.compare import workload
 from effbench.config.schema import NON_IDENTITY_KEYS
 from effbench.gate.config import GateConfig, MetricRule
 from effbench.gate.stats import (
@@ -174,6 +177,12 @@ def pair_runs(baseline: list[RunRecord], candidate: list[RunRecord], match: str 
                 for k in {k for f in fl for k in f}:
                     if len({f.get(k) for f in fl}) > 1:
                         varying.add(k)
+            # The work must match across the sides too: a workload key (effbench.compare) that
+            # every run records, with values that differ (a changed default prompt length, another
+            # rate), splits the pair, while a key only one side has (a knob a change added) does not.
+            works = [workload(r.config) for runs in by_side.values() for r in runs]
+            shared = set.intersection(*(set(w) for w in works)) if works else set()
+            varying |= {k for k in shared if len({json.dumps(w[k], sort_keys=True, default=str) for w in works}) > 1}
             varying_sorted = sorted(varying)
             for side, runs in by_side.items():
                 for r, f in zip(runs, flats[side], strict=True):

@@ -33,6 +33,22 @@ ANY = Domain()  # a difference of two clocks: either sign is a result
 # (interpreter, torch, allocator), so memory.peak_bytes does not tell techniques apart.
 RUNTIME_DOMINATED_SHARE = 0.5
 
+# The smallest relative difference that counts in practice, per family (a metric may set
+# its own): a difference inside it is a tie however tight the intervals, so deterministic
+# figures (perplexity, sizes) that differ in the fourth digit tie instead of being ranked
+# 1..n. Why each value: docs/leaderboard.md ("Practical significance").
+PRACTICAL_BY_FAMILY = {
+    "quality": 0.01,  # perplexity, loss: below 1% is what quantization papers call lossless
+    "latency": 0.05,  # run-to-run drift between processes exceeds what one run's repeats show
+    "throughput": 0.05,
+    "energy": 0.05,  # sampled power and energy models are coarser still
+    "memory": 0.02,  # allocator and RSS jitter; counted bytes set their own 1%
+    "compute": 0.05,  # utilizations, FLOP rates and probed peaks; counted FLOPs and bytes: 1%
+    "compression": 0.01,  # serialized sizes and ratios: exact, but headers and metadata
+    "model": 0.01,  # parameter counts
+}
+PRACTICAL_DEFAULT = 0.01  # metrics outside the catalogue (lm-eval scores)
+
 
 @dataclass(frozen=True)
 class MetricSpec:
@@ -47,6 +63,12 @@ class MetricSpec:
     # "rank0" (rank 0's view: times, rates, per-rank FLOPs), "sum" (per-device energy), "max"
     # (per-process memory), "harmonic" (1 / Σ 1/x: tokens per joule from each rank's share).
     across_ranks: str = "rank0"
+    # Practical-significance threshold, relative (0.05 = 5%); None: the family's PRACTICAL_BY_FAMILY.
+    practical: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.practical is None:
+            object.__setattr__(self, "practical", PRACTICAL_BY_FAMILY[self.family])
 
 
 _SPECS = [
@@ -70,17 +92,17 @@ _SPECS = [
                "Data-parallel runs: mean over ranks of each rank's peak (memory.peak_bytes is the max).", POSITIVE),
     MetricSpec("memory.kv_cache_bytes_per_token", "B/tok", False, "memory", "KV cache/token",
                "Bytes one more token adds to the generation cache, measured from the cache tensors.", NON_NEGATIVE,
-               across_ranks="max"),
+               across_ranks="max", practical=0.01),
     MetricSpec("memory.kv_cache_bytes_per_token_analytic", "B/tok", False, "memory", "KV cache/token (analytic)",
                "Bytes one token adds to the cache by the architecture's formula (MLA: the latent).", NON_NEGATIVE,
-               across_ranks="max"),
+               across_ranks="max", practical=0.01),
     MetricSpec("memory.model_resident_bytes", "B", False, "memory", "Model mem",
                "Bytes the model's own tensors hold, counted: weights and buffers as stored (quantized: packed "
                "data, scales and zero points; tensor subclasses as their inner tensors), each storage once.",
-               POSITIVE, across_ranks="max"),
+               POSITIVE, across_ranks="max", practical=0.01),
     MetricSpec("memory.kv_cache_bytes", "B", False, "memory", "KV cache",
                "Bytes of the generation cache at the end of one window's generate, counted from its tensors.",
-               NON_NEGATIVE, across_ranks="max"),
+               NON_NEGATIVE, across_ranks="max", practical=0.01),
     MetricSpec("memory.runtime_share", "fraction", None, "memory", "Runtime share",
                "(peak memory − model resident bytes − KV cache bytes) / peak memory: the share that is the "
                f"runtime's (interpreter, libraries, allocator), not the model's. Above {RUNTIME_DOMINATED_SHARE:g} "
@@ -89,10 +111,11 @@ _SPECS = [
     MetricSpec("compute.flops", "FLOP", None, "compute", "FLOPs",
                "Model FLOPs of one window counted with torch.utils.flop_counter: attention over the pairs its "
                "mask leaves (causal: half), backward 2× forward without recompute, quantized linear layers "
-               "at 2·in·out per token (effbench.metrics.flops).", POSITIVE),
+               "at 2·in·out per token (effbench.metrics.flops).", POSITIVE, practical=0.01),
     MetricSpec("compute.flops_analytic", "FLOP", None, "compute", "FLOPs (analytic)",
                "The textbook count beside the counted one: 2·N·tokens (inference), 6·N·tokens (pretraining), "
-               "(4·N + 2·N_trainable)·tokens (fine-tuning); N = active non-embedding parameters.", POSITIVE),
+               "(4·N + 2·N_trainable)·tokens (fine-tuning); N = active non-embedding parameters.", POSITIVE,
+               practical=0.01),
     MetricSpec("compute.achieved_flops_per_s", "FLOP/s", True, "compute", "FLOP/s",
                "Counted FLOPs / window time.", POSITIVE),
     MetricSpec("compute.peak_flops_per_s", "FLOP/s", None, "compute", "Peak FLOP/s",
@@ -109,10 +132,10 @@ _SPECS = [
                "Memory bandwidth: GPU datasheet, or a STREAM-style copy/triad probe on a CPU.", POSITIVE),
     MetricSpec("compute.decode_bytes_moved", "B", None, "compute", "Decode bytes",
                "Bytes the decode steps of one generate() read by the bytes model (weights + KV cache per step): "
-               "MBU's numerator.", POSITIVE),
+               "MBU's numerator.", POSITIVE, practical=0.01),
     MetricSpec("compute.bytes_moved", "B", None, "compute", "Bytes moved",
                "Bytes one window moves by the bytes model: the weights once for prefill plus the decode bytes; "
-               "arithmetic intensity = compute.flops / this (the roofline's x).", POSITIVE),
+               "arithmetic intensity = compute.flops / this (the roofline's x).", POSITIVE, practical=0.01),
     MetricSpec("compute.mbu", "fraction", True, "compute", "MBU",
                "Memory-bandwidth utilization: decode bytes read (weights + KV cache) / decode time / bandwidth.",
                UTILIZATION),

@@ -64,7 +64,10 @@ class Filters:
 
 
 RUN_COLUMNS = ("id", "created_at", "status", "axis", "scenario", "model", "technique", "hardware")
-METRIC_COLUMNS = ("name", "value", "unit", "source", "higher_is_better", "mean", "ci95_low", "ci95_high", "n")
+# The headline value with the median's 95% interval (null below 6 samples), the mean with its
+# own, and why a figure is invalid (null: valid): what effbench.compare judges figures by.
+METRIC_COLUMNS = ("name", "value", "unit", "source", "higher_is_better", "median", "median_ci95_low",
+                  "median_ci95_high", "mean", "ci95_low", "ci95_high", "n", "invalid")
 
 
 class StoreQueries(Protocol):
@@ -86,9 +89,6 @@ class StoreQueries(Protocol):
                     samples: bool) -> pd.DataFrame:
         """run_id + METRIC_COLUMNS (+ samples) of these runs whose name is in `names` or matches the SQL
         LIKE pattern `like`; every metric when neither is given."""
-
-    def newest_metric_rows(self, f: Filters, names: Iterable[str], cap: int) -> pd.DataFrame:
-        """RUN_COLUMNS + METRIC_COLUMNS of the newest `cap` ok runs that match, for the named metrics."""
 
     def latest_ok_runs(self, f: Filters) -> pd.DataFrame:
         """RUN_COLUMNS + config (dict) + parameters: the newest ok run per config and hardware."""

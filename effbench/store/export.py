@@ -73,3 +73,57 @@ def write_export(path: str | os.PathLike[str], fmt: str, records: list[RunRecord
 
 def export_records(records: list[RunRecord], path: str | os.PathLike[str], fmt: str | None = None) -> int:
     return write_export(path, export_format(path, fmt), records)
+
+
+WIDE_METRIC_FIELDS = ("low", "high", "n", "source", "invalid")
+
+
+def wide_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per run: its fields, engine and workload, `config.*` and `hardware.*` flattened,
+    and per metric its value (column `<name>`), the median's 95% interval (`<name>:low`,
+    `<name>:high`; empty below 6 samples), `<name>:n`, `<name>:source` and `<name>:invalid`."""
+    import pandas as pd
+
+    from effbench import compare
+
+    rows = []
+    for r in records:
+        row = {"id": r.id, "created_at": r.created_at, "status": r.status.value, "axis": r.axis, "scenario": r.scenario,
+               "model": r.model, "technique": r.technique, "hardware": (r.hardware or {}).get("label"),
+               "engine": compare.engine(r.config), "sweep_id": r.sweep_id, "tags": ";".join(r.tags),
+               "duration_s": r.duration_s, "error": (r.error or "").strip().split("\n")[0] or None}
+        row.update({f"config.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+                    for k, v in compare.flatten(r.config).items()})
+        row.update({f"hardware.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+                    for k, v in compare.flatten(r.hardware or {}).items()})
+        for m in r.metrics:
+            s = m.summary
+            row.update({m.name: m.value, f"{m.name}:low": s.median_ci95_low, f"{m.name}:high": s.median_ci95_high,
+                        f"{m.name}:n": s.n, f"{m.name}:source": m.source.value, f"{m.name}:invalid": m.invalid})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    # Run fields, then config, hardware, then the metrics in catalogue order.
+    names = compare.in_catalogue_order({m.name for r in records for m in r.metrics})
+    fixed = [c for c in frame.columns if not c.startswith(("config.", "hardware.")) and ":" not in c
+             and c not in names]
+    ordered = [*fixed, *sorted(c for c in frame.columns if c.startswith("config.")),
+               *sorted(c for c in frame.columns if c.startswith("hardware.")),
+               *(c for n in names for c in (n, *(f"{n}:{f}" for f in WIDE_METRIC_FIELDS)))]
+    frame = frame.reindex(columns=ordered)
+    # A key that is a number in one config and text in another: Parquet wants one type per column.
+    for c in frame.columns[frame.dtypes.map(pd.api.types.is_object_dtype)]:
+        if len({type(v) for v in frame[c].dropna()}) > 1:
+            frame[c] = frame[c].map(lambda v: v if v is None or v != v else str(v))
+    return frame
+
+
+def write_wide(records: list[RunRecord], path: str | os.PathLike[str], fmt: str) -> int:
+    """`wide_frame` of the records to csv or parquet; returns the runs written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = wide_frame(records)
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return len(frame)

@@ -76,8 +76,9 @@ class FrameQueries:
             if (names or like) and not (m.name in names or (like and fnmatch.fnmatchcase(m.name, _like(like)))):
                 continue
             s = m.summary
-            out.append((m.name, m.value, m.unit, m.source.value, m.higher_is_better, s.mean, s.ci95_low,
-                        s.ci95_high, s.n, *([m.samples] if samples else [])))
+            out.append((m.name, m.value, m.unit, m.source.value, m.higher_is_better, s.median, s.median_ci95_low,
+                        s.median_ci95_high, s.mean, s.ci95_low, s.ci95_high, s.n, m.invalid,
+                        *([m.samples] if samples else [])))
         return out
 
     def metric_rows(self, run_ids: Sequence[str], names: Iterable[str] = (), like: str | None = None,
@@ -86,12 +87,6 @@ class FrameQueries:
         rows = [(rid, *values) for rid in run_ids if rid in self.by_id
                 for values in self._metric_values(self.by_id[rid], names, like, samples)]
         return pd.DataFrame(rows, columns=["run_id", *METRIC_COLUMNS, *(["samples"] if samples else [])])
-
-    def newest_metric_rows(self, f: Filters, names: Iterable[str], cap: int) -> pd.DataFrame:
-        names = set(names)
-        ok = [r for r in self._runs(f) if r.status.value == "ok"][:cap]
-        rows = [(*self._run_values(r), *values) for r in ok for values in self._metric_values(r, names, None, False)]
-        return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *METRIC_COLUMNS])
 
     def latest_ok_runs(self, f: Filters = Filters()) -> pd.DataFrame:
         seen, rows = set(), []

@@ -107,14 +107,6 @@ class SqlQueries:
         ]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
-    def newest_metric_rows(self, f: Filters, names: Iterable[str], cap: int) -> pd.DataFrame:
-        newest = (select(RunRow.id).where(*self._conditions(f), RunRow.status == "ok")
-                  .order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(cap).subquery())
-        q = (select(*_RUN.values(), *(getattr(MetricRow, c) for c in METRIC_COLUMNS))
-             .join(MetricRow, MetricRow.run_id == RunRow.id)
-             .where(RunRow.id.in_(select(newest.c.id)), MetricRow.name.in_(list(names))))
-        return self._frame(q, [*RUN_COLUMNS, *METRIC_COLUMNS])
-
     def latest_ok_runs(self, f: Filters = Filters()) -> pd.DataFrame:
         """SQL keeps the newest run per config hash and hardware, which parses only the small
         hardware JSON of every run; the caller compares the configs of those few."""

@@ -1,21 +1,18 @@
 """Explorer: filter every stored run, page through them, plot them, export them."""
 
 import math
-from dataclasses import replace
 from datetime import date
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
+from effbench import compare
 from effbench.metrics.catalog import CATALOG
-from effbench.metrics.record import Source
-from leaderboard import ranking, ui
+from leaderboard import plots, ranking, ui
 from leaderboard.queries import Filters
 
 PAGE_SIZE = 100
-PLOT_CAP = 5000  # newest matching runs a plot reads
-BARS = 40
+PLOT_CAP = 2000  # newest runs of a view a plot reads
 # Table columns: the first of the metrics a run has fills each (AL: the mean, as SPEC defines it).
 HEADLINE = {
     "Perplexity": ("quality.perplexity",), "AL (s)": ("latency.e2e_s", "latency.step_s"),
@@ -25,8 +22,11 @@ HEADLINE = {
 }  # fmt: skip
 _SCALE = {"Peak mem (MiB)": 2**-20, "AMU (%)": 100}
 MEAN = {"AL (s)"}
-COSTS = ("energy.joules_per_token", "energy.avg_power_w", "memory.peak_bytes", "memory.amu", "latency.e2e_s",
-         "latency.step_s", "latency.tpot_s")
+# Defaults of the trade-off plot: the first of each a view has.
+QUALITIES = ("quality.perplexity", "quality.loss", "serve.goodput_requests_per_s", "throughput.decode_tokens_per_s",
+             "throughput.train_tokens_per_s", "throughput.samples_per_s")
+COSTS = ("energy.joules_per_token", "energy.avg_power_w", "memory.model_resident_bytes", "memory.peak_bytes",
+         "latency.e2e_s", "latency.step_s", "latency.tpot_s")
 FILTERS = ("axis", "scenario", "model", "technique", "hardware", "status", "tag")
 
 snap = ui.require_store()
@@ -71,8 +71,10 @@ page_no = controls[2].number_input(f"page (of {pages})", 1, pages, 1)
 
 
 def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs with their headline figures as numeric columns (so they sort) and the energy source."""
-    m = ui.metric_rows(snap, tuple(runs["id"]), tuple(n for names in HEADLINE.values() for n in names))
+    """Runs with their headline figures as numeric columns (so they sort) and the marks of
+    their flagged figures."""
+    names = tuple(dict.fromkeys([*(n for names in HEADLINE.values() for n in names), *ranking.FLAG_INPUTS]))
+    m = ui.metric_rows(snap, tuple(runs["id"]), names)
     table = runs.assign(run="run?id=" + runs["id"], created=pd.to_datetime(runs["created_at"], format="ISO8601"),
                         error=runs["error"].fillna("").str.split("\n", n=1).str[0])
     wides = {stat: m.pivot(index="run_id", columns="name", values=stat) for stat in ("value", "mean")}
@@ -81,21 +83,28 @@ def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
         present = [wide[n] for n in candidates if n in wide]
         first = pd.concat(present, axis=1).bfill(axis=1).iloc[:, 0] if present else pd.Series(dtype=float)
         table[column] = first.reindex(runs["id"]).to_numpy() * _SCALE.get(column, 1)
-    source = m[m["name"] == "energy.avg_power_w"].set_index("run_id")["source"].reindex(runs["id"]).to_numpy()
-    table["energy source"] = pd.Series(source, index=runs.index).replace({Source.ESTIMATED.value: "≈ estimated"})
+    marks = {run_id: " ".join(compare.marks(f for fl in compare.flags({r.name: r for r in rows.itertuples(
+        index=False)}).values() for f in fl)) for run_id, rows in m.groupby("run_id")}
+    table["flags"] = [marks.get(i, "") for i in runs["id"]]
     return table.drop(columns=["created_at"])
 
 
 page = ui.run_page(snap, f, sort, descending, (page_no - 1) * PAGE_SIZE, PAGE_SIZE)
 table = headline_table(page)
-shown = ["run", "created", "status", "axis", "scenario", "model", "technique", "hardware", "tags", *HEADLINE,
-         "energy source", "error"]
+optional = ["axis", "hardware", "tags", *HEADLINE, "flags", "error"]
+extra = st.multiselect("Columns", optional, key="table_columns",
+                       default=["Perplexity", "AL (s)", "IT / TT / ST", "Peak mem (MiB)", "J/token", "flags", "error"])
+shown = ["run", "created", "status", "scenario", "model", "technique", *[c for c in optional if c in extra]]
 selection = st.dataframe(
     table, hide_index=True, column_order=shown, on_select="rerun", selection_mode="multi-row", key="runs_table",
     column_config={
         "run": st.column_config.LinkColumn("run", display_text=r"run\?id=(.{8})", help="open the run detail"),
-        "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
-        **{c: st.column_config.NumberColumn(c, format="%.4g") for c in HEADLINE},
+        "created": st.column_config.DatetimeColumn("created (UTC)", format="MM-DD HH:mm"),
+        "hardware": st.column_config.TextColumn(width="small"), "tags": st.column_config.ListColumn(width="small"),
+        "flags": st.column_config.TextColumn(width="small", help="the run has figures with these sanity flags "
+                                             "(its detail says which): " + "; ".join(
+            f"{k.mark} {k.meaning}" for k in compare.FLAG_KINDS.values())),
+        **{c: st.column_config.NumberColumn(c, format="%.4g", width="small") for c in HEADLINE},
     },
 )  # fmt: skip
 picked = table.iloc[selection.selection.rows]["id"].tolist()
@@ -115,66 +124,118 @@ buttons[2].download_button(f"Download all {total:,} matching runs (CSV)", all_ma
 st.caption("Select rows (left edge) to open or compare runs. Column headers sort this page; "
            "'Sort all matching runs by' sorts across pages. " + ui.ESTIMATED_NOTE + ".")
 
-st.subheader("Plots")
-st.caption(f"From the newest {PLOT_CAP:,} successful runs that match the filters. The camera button of a plot "
-           "downloads it (PNG or SVG: sidebar).")
-scatter_tab, bars_tab, loss_tab = st.tabs(["Quality vs cost", "Metric bars", "Loss curves"])
+# ---------------------------------------------------------------------------------- plots
 
-with scatter_tab:
+st.subheader("Plots")
+runs = ranking.peer_groups(ui.latest_ok_runs(snap, f))
+if runs.empty:
+    st.info("No successful run matches the filters: nothing to plot.")
+    st.stop()
+views = runs["view"].value_counts()
+view = st.selectbox("View: one scenario and workload on one hardware", list(views.index), key="view",
+                    format_func=lambda v: f"{v} — {views[v]} run{'s' if views[v] > 1 else ''}")
+members = runs[runs["view"] == view].sort_values("created_at", ascending=False).head(PLOT_CAP)
+hardware = members["hardware"].iloc[0] or "unknown hardware"
+st.caption(f"The newest successful run of each model × technique × config in this view (at most {PLOT_CAP:,}); "
+           "runs of another scenario or workload never share a plot. The camera button of a plot downloads it "
+           "(PNG or SVG: sidebar).")
+rows = ui.metric_rows(snap, tuple(members["id"])).rename(columns={"run_id": "entry"})
+labels = {i: ui.run_label(m, t, i) for i, m, t in members[["id", "model", "technique"]].itertuples(False)}
+flagged = ranking.entry_flags(rows)
+
+
+def figures(name: str) -> pd.DataFrame:
+    """One bar row (plots.bar_row) per run of the view that has `name`, indexed by run id."""
+    out = {r.entry: plots.bar_row(labels[r.entry], compare.figure_of_row(r), r.unit, flagged.get((r.entry, name), []))
+           for r in rows[rows["name"] == name].itertuples(index=False)}
+    return pd.DataFrame.from_dict(out, orient="index", columns=plots.BAR_COLUMNS)
+
+
+present = compare.in_catalogue_order(rows["name"].unique())
+directed = [n for n in present if compare.higher_is_better(n) is not None]
+tradeoff_tab, bars_tab, roofline_tab, load_tab, loss_tab = st.tabs(
+    ["Trade-off", "Metric bars", "Roofline", "Load curve", "Loss curves"])
+
+with tradeoff_tab:
     c = st.columns([2, 2, 1])
-    qualities = ["quality.perplexity", "quality.loss", *filter(ranking.is_accuracy, facets["metric"])]
-    quality = c[0].selectbox("Quality (y)", qualities, format_func=ui.title)
-    cost = c[1].selectbox("Cost (x)", COSTS, format_func=ui.title)
-    log = c[2].toggle("log axes", help="Logarithmic x and y: spreads figures that span decades.")
-    rows = ui.newest_metric_rows(snap, f, (quality, cost), PLOT_CAP)
-    wide = rows.pivot_table(index=["id", "model", "technique", "hardware"], columns="name", values="value",
-                            aggfunc="first").reset_index()
-    if quality not in wide or cost not in wide or wide[[quality, cost]].dropna().empty:
-        st.info(f"No matching run has both {ui.title(quality)} and {ui.title(cost)}.")
+    y_default = next((n for n in (*QUALITIES, *directed) if n in directed), None)
+    if y_default is None:
+        st.info("No figure with a direction in this view.")
     else:
-        wide = wide.dropna(subset=[quality, cost])
-        estimated = wide["id"].isin(rows.loc[(rows["name"] == cost) & (rows["source"] == Source.ESTIMATED.value), "id"])
-        up = {n: ranking.higher_is_better(n, rows.loc[rows["name"] == n, "higher_is_better"]) for n in (quality, cost)}
-        front = ranking.pareto_front(wide[cost], wide[quality], bool(up[cost]), bool(up[quality]))
-        fig = go.Figure()
-        for technique, points in wide.assign(est=estimated).groupby("technique"):
-            fig.add_scatter(x=points[cost], y=points[quality], mode="markers", name=technique,
-                            marker_symbol=["x" if e else "circle" for e in points["est"]], marker_size=9,
-                            text=[ui.run_label(m, technique, i) for m, i in zip(points["model"], points["id"])],
-                            hovertemplate="%{text}<br>x %{x:.4g}<br>y %{y:.4g}<extra></extra>")
-        pareto = wide[front].sort_values(cost)
-        fig.add_scatter(x=pareto[cost], y=pareto[quality], mode="lines+markers", name="Pareto front",
-                        line={"color": "black", "dash": "dash", "shape": "hv"}, hoverinfo="skip",
-                        marker={"symbol": "circle-open", "size": 16, "color": "black"})
-        fig.update_layout(title=f"{ui.title(quality)} vs {ui.title(cost)}"
-                                + (" — ✕: estimated cost" if estimated.any() else ""),
-                          xaxis_title=f"{ui.title(cost)} [{CATALOG[cost].unit}]", yaxis_title=ui.title(quality),
-                          xaxis_type="log" if log else "linear", yaxis_type="log" if log else "linear")
-        ui.show_plot(fig, "effbench-pareto")
-        better = {n: "higher" if up[n] else "lower" for n in up}
-        st.caption(f"Pareto front (circled): the runs no other run beats on both axes at once ({better[quality]} "
-                   f"quality figure is better, {better[cost]} cost figure is better).")
+        y = c[0].selectbox("y", directed, index=directed.index(y_default), format_func=ui.title, key="trade_y")
+        x_default = next((n for n in (*COSTS, *directed) if n in directed and n != y), y)
+        x = c[1].selectbox("x", directed, index=directed.index(x_default), format_func=ui.title, key="trade_x")
+        log = c[2].toggle("log axes", help="Logarithmic x and y: spreads figures that span decades.")
+        fx, fy = figures(x), figures(y)
+        both = fx.index.intersection(fy.index)
+        if both.empty:
+            st.info(f"No run of this view has both {ui.title(x)} and {ui.title(y)}.")
+        else:
+            wide = pd.DataFrame({x: fx.loc[both, "value"], y: fy.loc[both, "value"], "label": fx.loc[both, "label"],
+                                 "technique": members.set_index("id").loc[both, "technique"],
+                                 "flags": fx.loc[both, "flags"] + fy.loc[both, "flags"]})
+            ui.show_plot(plots.tradeoff(wide, x, y, log), "effbench-tradeoff")
+            better = {n: "higher" if compare.higher_is_better(n) else "lower" for n in (x, y)}
+            st.caption(f"Pareto front (circled): the runs no other run of this view beats on both axes at once "
+                       f"({better[y]} y is better, {better[x]} x is better). ✕: a flagged figure, ◇: an estimated "
+                       "one (hover them).")
 
 with bars_tab:
-    names = facets["metric"]
-    name = st.selectbox("Metric", names, format_func=ui.title,
-                        index=names.index("latency.e2e_s") if "latency.e2e_s" in names else 0)
-    rows = ui.newest_metric_rows(snap, f, (name,), PLOT_CAP)
-    # One bar per model × technique × hardware: its newest run.
-    rows = rows.sort_values("created_at", ascending=False).drop_duplicates(["model", "technique", "hardware"])
-    if rows.empty:
-        st.info(f"No matching run has {ui.title(name)}.")
+    name = st.selectbox("Metric", present, format_func=ui.title, key="bars_metric",
+                        index=present.index("latency.e2e_s") if "latency.e2e_s" in present else 0)
+    bars = figures(name)
+    ui.show_plot(plots.metric_bars(bars, name), "effbench-bars")
+    st.caption("One bar per run of this view, best first; error bars: the 95% interval of the median (none where "
+               f"{compare.FEW_REPEATS}); grey: a flagged figure; hatched: estimated.")
+
+with roofline_tab:
+    wide = rows[rows["name"].isin(plots.ROOFLINE_METRICS)].pivot(index="entry", columns="name", values="value")
+    points = plots.roofline_points(wide)
+    if points.empty:
+        st.info("No run of this view records compute.flops, compute.bytes_moved and achieved FLOP/s "
+                "(inference runs do).")
     else:
-        rows = rows.head(BARS).assign(label=[ui.run_label(m, t, i) for m, t, i in
-                                             rows.head(BARS)[["model", "technique", "id"]].itertuples(False)])
-        ui.show_plot(ui.metric_bars(rows, name), "effbench-bars")
-        st.caption(f"Newest run per model × technique × hardware (at most {BARS}); error bars: 95% confidence "
-                   "interval of the mean of the stored samples (none for a single sample).")
+        points = points.assign(label=[labels[i] for i in points.index],
+                               technique=members.set_index("id").loc[points.index, "technique"],
+                               flags=[compare.marks(flagged.get((i, "compute.flops"), [])) for i in points.index])
+        ui.show_plot(plots.roofline(points, hardware), "effbench-roofline")
+        st.caption("Each run at its arithmetic intensity (counted FLOPs ÷ bytes moved by the bytes model) and achieved "
+                   "FLOP/s. Solid: the theoretical peak of each dtype (compute.peak_flops_per_s); dashed: the "
+                   "achievable peak timed at the model's shapes; the slope: memory bandwidth. Left of a ridge a run "
+                   "is memory-bound, right of it compute-bound. ✕: counted FLOPs far below the analytic count.")
+
+with load_tab:
+    serving = runs[runs["scenario"] == "serve"]
+    if serving.empty:
+        st.info("No successful serving run (scenario=serve) matches the filters.")
+    else:
+        serving = serving.assign(curve=[plots.curve_key(c) for c in serving["config"]])
+        serving = serving.assign(load_view=ranking.workload_labels(serving.assign(workload=serving["curve"]))
+                                 + " · " + serving["hardware"].fillna("unknown hardware"))
+        choices = serving["load_view"].value_counts()
+        mine = serving.loc[serving["view"] == view, "load_view"]
+        c = st.columns([3, 1])
+        load_view = c[0].selectbox("Serving workload (rate and engine vary along and across the curves)",
+                                   list(choices.index), key="load_view",
+                                   index=list(choices.index).index(mine.iloc[0]) if len(mine) else 0)
+        y = c[1].selectbox("y", list(plots.SWEEP), key="load_y")
+        chosen = serving[serving["load_view"] == load_view]
+        samples = ui.metric_rows(snap, tuple(chosen["id"]), plots.LOAD_METRICS, None, True)
+        points = plots.load_points(chosen, samples)
+        if points.empty:
+            st.info("These serving runs have no rate sweep (scenario.rates) and no Poisson rate of their own.")
+        else:
+            ui.show_plot(plots.load_curve(points, y, chosen["hardware"].iloc[0] or "unknown hardware"),
+                         "effbench-load-curve")
+            st.caption("One curve per technique × engine × model: a run's rate sweep (serve.sweep_*, one point per "
+                       "offered rate), or across runs of a `--multirun scenario.rate=…` sweep each run's own rate "
+                       "and figures. ◇: the knee (serve.knee_rate), the highest rate up to which every swept rate "
+                       "meets the SLO attainment target. Engines are set side by side here, and nowhere ranked.")
 
 with loss_tab:
-    runs = ui.run_page(snap, replace(f, scenario=("pretrain",), status=("ok",)), None, True, 0, 8)
-    if runs.empty:
-        st.info("No matching successful pretraining run (scenario=pretrain) to draw.")
+    trained = members[members["scenario"].isin(["pretrain", "finetune"])].head(8)
+    if trained.empty:
+        st.info("No training run (scenario=pretrain or finetune) in this view.")
     else:
-        ui.show_plot(ui.loss_curves([ui.record(snap, i) for i in runs["id"]]), "effbench-loss-curves")
-        st.caption("The newest 8 matching pretraining runs.")
+        ui.show_plot(plots.loss_curves([ui.record(snap, i) for i in trained["id"]]), "effbench-loss-curves")
+        st.caption("The newest 8 training runs of this view.")

@@ -1,18 +1,18 @@
-"""Overview: the rank table of one peer group, with the composite score."""
+"""Overview: one peer group's figures, value first; ranks, tiers and the composite on request."""
 
 import streamlit as st
 
 from leaderboard import ranking, ui
 from leaderboard.queries import Filters
-from leaderboard.table import HATCH, TIER_COLOURS, rank_table_html
+from leaderboard.table import group_table_html, legend_html
 
 snap = ui.require_store()
 st.title("effbench leaderboard")
 st.caption(
-    "Each table ranks the **newest successful run of every model × technique** in one peer group "
-    "(axis × workload × model size × hardware); older and failed runs are in the Explorer. "
-    "Rank 1 = best by the metric's direction; pairs whose 95% intervals overlap share a rank. "
-    "Hover a cell for the figure behind its rank. Rules: docs/leaderboard.md."
+    "Each table holds the **newest successful run of every model × technique** in one peer group "
+    "(axis × scenario and workload × model size × hardware); older and failed runs are in the Explorer. "
+    "Figures in their units; hover a cell for its 95% interval, source and rank. A difference counts only when "
+    "it lies outside both intervals **and** beyond the metric's practical threshold. Rules: docs/leaderboard.md."
 )
 
 runs = ranking.peer_groups(ui.latest_ok_runs(snap, Filters()))
@@ -21,53 +21,59 @@ if runs.empty:
     st.stop()
 order = ranking.group_order(runs)
 sizes = runs["group"].value_counts()
-axis_of = runs.drop_duplicates("group").set_index("group")["axis"]
-scenario_of = runs.drop_duplicates("group").set_index("group")["scenario"]
+first = runs.drop_duplicates("group").set_index("group")
+axes = list(dict.fromkeys(first.loc[order, "axis"]))
+largest = sizes.index[0]  # open on the group with the most pairs, not a one-run one
 
 left, right = st.columns([2, 3])
-axis = left.radio("Axis", list(dict.fromkeys(axis_of[order])), horizontal=True, key="axis")
-group = right.selectbox("Peer group", [g for g in order if axis_of[g] == axis],
-                        format_func=lambda g: f"{g} — {sizes[g]} pairs", key="group")
+axis = left.radio("Axis", axes, index=axes.index(first.at[largest, "axis"]), horizontal=True, key="axis")
+in_axis = [g for g in order if first.at[g, "axis"] == axis]
+group = right.selectbox("Peer group", in_axis, index=in_axis.index(max(in_axis, key=lambda g: sizes[g])),
+                        format_func=lambda g: f"{g} — {sizes[g]} pair{'s' if sizes[g] > 1 else ''}", key="group")
 members = runs[runs["group"] == group].set_index("id")
+scenario = first.at[group, "scenario"]
 
 metrics = ui.metric_rows(snap, tuple(members.index), tuple(ranking.RANKED_METRICS), ranking.ACCURACY_LIKE)
-cells = ranking.rank_cells(metrics.rename(columns={"run_id": "entry"}), axis, scenario_of[group])
-ranked_columns = cells.dropna(subset=["rank"]).drop_duplicates("column")
+cells = ranking.rank_cells(metrics.rename(columns={"run_id": "entry"}), axis, scenario)
+ranked = cells.dropna(subset=["rank"])
 
 toggles = st.columns(2)
-show_values = toggles[0].toggle("Show values in the cells", help="Otherwise hover a cell to see its figure.")
+show_ranks = toggles[0].toggle("Show ranks and colours", disabled=ranked.empty,
+                               help="Ranks count only real differences; figures that cannot be told apart tie.")
 include_estimated = toggles[1].toggle(
-    "Include estimated figures in the composite",
+    "Include estimated figures in the composite", disabled=not show_ranks,
     help="Estimated figures (≈, hatched) are ranked only against each other and left out of the composite unless "
          "this is on.")  # fmt: skip
 table_slot = st.container()
 
-with st.expander("Composite score: weights"):
-    st.caption(f"Composite = weighted harmonic mean of the min–max scores (1 = best in the group, 0 = worst; "
-               f"a 0 counts as {ranking.FLOOR} so one worst metric does not zero the score). "
-               "Set a weight to 0 to leave a metric out.")
-    paper = {c.title for c in ranking.columns_for(axis, scenario_of[group]) if c.paper}
-    inputs = st.columns(max(len(ranked_columns), 1))
-    weights = {c: inputs[i].number_input(c, 0.0, 10.0, 1.0 if c in paper else 0.0, 0.5, key=f"w_{c}")
-               for i, c in enumerate(ranked_columns["column"])}
-comp = ranking.composite(cells, weights, include_estimated)
+comp = None
+if show_ranks:
+    with st.expander("Composite score: weights"):
+        st.caption(f"Composite = weighted harmonic mean of the min–max scores of the ranked figures (1 = best in the "
+                   f"group, 0 = worst; a 0 counts as {ranking.FLOOR} so one worst metric does not zero the score). "
+                   "Set a weight to 0 to leave a metric out.")
+        paper = {c.title for c in ranking.columns_for(axis, scenario) if c.paper}
+        titles = list(ranked.drop_duplicates("column")["column"])
+        inputs = st.columns(max(len(titles), 1))
+        weights = {c: inputs[i].number_input(c, 0.0, 10.0, 1.0 if c in paper else 0.0, 0.5, key=f"w_{c}")
+                   for i, c in enumerate(titles)}
+    comp = ranking.composite(cells, weights, include_estimated)
 
-entries = (members[["technique", "model"]].assign(_rank=comp["rank"].reindex(members.index))
-           .sort_values(["_rank", "technique", "model"], na_position="last"))
+entries = members[["technique", "model"]]
+entries = (entries.assign(_rank=comp["rank"].reindex(entries.index)).sort_values(["_rank", "technique", "model"],
+                                                                                  na_position="last")
+           if comp is not None else entries.sort_values(["technique", "model"]))
 
 with table_slot:
-    st.html(rank_table_html(entries, cells, comp, show_values))
-    legend = " ".join(f'<span style="background:{c};padding:1px 8px;margin-right:4px">{t}</span>'
-                      for c, t in zip(TIER_COLOURS.values(), ("top third", "middle third", "bottom third")))
-    st.html(f'<div style="font-size:13px">{legend} &nbsp; <b>bold</b>: rank 1 &nbsp; '
-            f'<span style="background-image:{HATCH};padding:1px 8px">≈ hatched</span> '
-            f" {ui.ESTIMATED_NOTE}; ranked among estimated figures only &nbsp; –: not measured "
-            "&nbsp; grey: metric without a direction (shown, not ranked)</div>")
-    estimated = cells.dropna(subset=["entry"]).groupby("column", sort=False)["estimated"].all()
-    if estimated.any() and not include_estimated:
-        st.caption(f"Left out of the composite, estimated on every run here: {', '.join(estimated[estimated].index)}.")
+    if len(members) == 1:
+        st.caption("One pair in this group: its figures, nothing to rank them against.")
+    elif ranked.empty:
+        st.caption("No figure here can be ranked: too few repeats for an interval (n<6), or nothing to rank it "
+                   "against. Values only.")
+    st.html(group_table_html(entries, cells, comp, show_ranks))
+    st.html(legend_html(cells, show_ranks))
 
 named = cells.dropna(subset=["entry"]).join(members[["technique", "model", "created_at"]], on="entry")
 named["score"] = ranking.scores(cells, include_estimated)
 st.download_button("Download this table (CSV)", named.rename(columns={"entry": "run_id"}).to_csv(index=False),
-                   file_name="effbench-rank-table.csv", mime="text/csv")
+                   file_name="effbench-group-table.csv", mime="text/csv")

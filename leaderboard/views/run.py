@@ -3,10 +3,11 @@
 import pandas as pd
 import streamlit as st
 
+from effbench import compare
 from effbench.metrics.catalog import CATALOG
 from effbench.metrics.record import Source, Status
 from effbench.report import fmt
-from leaderboard import ui
+from leaderboard import plots, ui
 from leaderboard.queries import Filters
 
 snap = ui.require_store()
@@ -39,7 +40,9 @@ badge = {Status.OK: ":green-badge[ok]", Status.FAILED: ":red-badge[failed]", Sta
 st.subheader(f"{r.model} × {r.technique} {badge[r.status]}")
 facts = {
     "run id": r.id, "created (UTC)": r.created_at, "axis / scenario": f"{r.axis} / {r.scenario}",
-    "hardware": r.hardware.get("label", "–"), "seed": r.seed, "config hash": r.config_hash,
+    "workload": compare.describe(compare.workload(r.config), compare.workload(r.config)) or "–",
+    "engine": compare.engine(r.config), "hardware": r.hardware.get("label", "–"), "seed": r.seed,
+    "config hash": r.config_hash,
     "sweep": r.sweep_id or "–", "duration": f"{r.duration_s:.1f} s" if r.duration_s else "–",
     "tags": ", ".join(r.tags) or "–", "artifact": (r.artifact or {}).get("path", "–"),
 }  # fmt: skip
@@ -53,23 +56,30 @@ if r.error:
 
 if r.metrics:
     st.markdown(f"#### {len(r.metrics)} metrics")
-    order = list(CATALOG)
+    found = compare.flags({m.name: m for m in r.metrics})
     rows = []
-    for m in sorted(r.metrics, key=lambda m: (order.index(m.name) if m.name in order else len(order), m.name)):
-        s = m.summary
+    for m in sorted(r.metrics, key=lambda m: compare.in_catalogue_order([x.name for x in r.metrics]).index(m.name)):
+        s, fig = m.summary, compare.figure_of(m)
+        median_ci = ("exact (analytic)" if fig.exact else compare.FEW_REPEATS if s.median_ci95_low is None
+                     else f"{fmt(s.median_ci95_low, m.unit)} – {fmt(s.median_ci95_high, m.unit)}")
         rows.append({
             "metric": m.name, "name": CATALOG[m.name].display if m.name in CATALOG else "",
-            "value": ui.value_text(m.value, m.unit, m.source.value),
+            "value": ui.value_text(m.value, m.unit, m.source.value), "flags": compare.marks(found.get(m.name, [])),
             "source": ("≈ " if m.source is Source.ESTIMATED else "") + m.source.value, "n": s.n,
-            "median": fmt(s.median, m.unit), "mean": fmt(s.mean, m.unit), "p90": fmt(s.p90, m.unit),
-            "p99": fmt(s.p99, m.unit), "95% CI of mean": f"{fmt(s.ci95_low, m.unit)} – {fmt(s.ci95_high, m.unit)}",
+            "95% CI of median": median_ci, "mean": fmt(s.mean, m.unit),
+            "95% CI of mean": f"{fmt(s.ci95_low, m.unit)} – {fmt(s.ci95_high, m.unit)}" if s.n > 1 else "–",
+            "p90": fmt(s.p90, m.unit), "p99": fmt(s.p99, m.unit),
             "samples": m.samples, "how": m.note or (CATALOG[m.name].description if m.name in CATALOG else ""),
         })  # fmt: skip
     st.dataframe(pd.DataFrame(rows), hide_index=True, height=38 + 35 * len(rows), column_config={
         "samples": st.column_config.LineChartColumn("samples (in order)", width="medium"),
     })  # fmt: skip
     st.caption(ui.ESTIMATED_NOTE + ". Sources: counter = hardware energy counter, sampled = polling thread, "
-               "timer = clocks, analytic = counted or computed.")
+               "timer = clocks, analytic = counted or computed. The value is the median of the samples unless the "
+               "metric says otherwise; its 95% interval needs 6 samples.")
+    notes = sorted({(f.mark, f.text, f.doc) for fl in found.values() for f in fl if f.code != "estimated"})
+    if notes:
+        st.html("<br>".join(f"{mark} {ui.doc_link(doc, text)}" for mark, text, doc in notes))
     several = [m.name for m in r.metrics if len(m.samples) > 1]
     if several:
         name = st.selectbox("Samples of", several, format_func=ui.title)
@@ -77,7 +87,7 @@ if r.metrics:
         frame = pd.DataFrame({"sample": range(1, len(m.samples) + 1), m.unit or "value": m.samples})
         st.bar_chart(frame, x="sample", y=m.unit or "value", height=220)
     if any(m.name == "quality.train_loss" for m in r.metrics):
-        ui.show_plot(ui.loss_curves([r]), f"effbench-loss-{r.id[:8]}")
+        ui.show_plot(plots.loss_curves([r]), f"effbench-loss-{r.id[:8]}")
 
 for heading, data in (("Resolved config", r.config), ("Hardware", r.hardware), ("Software", r.software)):
     with st.expander(heading, expanded=heading == "Resolved config"):
