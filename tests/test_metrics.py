@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from effbench.metrics.catalog import CATALOG, RUNTIME_DOMINATED_SHARE, make_metric
+from effbench.metrics.catalog import CATALOG, RUNTIME_DOMINATED_SHARE, UTILIZATION_TOLERANCE, make_metric
 from effbench.metrics.compression import serialized_size_at, serialized_size_bytes
 from effbench.metrics.compute import ComputeTracker
 from effbench.metrics.energy import RaplEnergyTracker, energy_tracker
@@ -223,12 +223,15 @@ def test_pcu_of_short_busy_windows_never_exceeds_one(cpu):
     tracker = ComputeTracker(cpu, torch.float32)
     window = MeasuredWindow([tracker], cpu)
     a = torch.randn(384, 384)
-    for _ in range(20):
+    for _ in range(10):
         with window.measure():
-            deadline = time.perf_counter() + 0.015
+            deadline = time.perf_counter() + 0.1
             while time.perf_counter() < deadline:
                 a @ a  # torch's intra-op threads on every core
-    assert max(tracker.pcu) <= 1.001
+    # The kernel brings another core's running thread's CPU time up to date at its scheduler ticks
+    # (a few ms), so a window carries up to about a tick per thread of slack: within the catalogue's
+    # utilization tolerance at 0.1 s, where psutil's 10 ms ticks gave 100.9% and more.
+    assert max(tracker.pcu) <= 1 + UTILIZATION_TOLERANCE
     assert tracker.metrics()[0].source is Source.TIMER
 
 
