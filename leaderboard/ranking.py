@@ -22,7 +22,7 @@ from effbench import compare
 from effbench.compare import Figure
 
 # Upper bounds (parameters, exclusive) of the model-size buckets. The paper's
-# 0.5B, 1.5B and 3B models (and SPEC's 3.8B example) each land in their own.
+# 0.5B, 1.5B and 3B models (and docs/spec.md's 3.8B example) each land in their own.
 SIZE_BUCKETS: tuple[tuple[float, str], ...] = (
     (10e6, "<10M"), (100e6, "10M–100M"), (1e9, "100M–1B"), (2e9, "1B–2B"), (5e9, "2B–5B"),
     (10e9, "5B–10B"), (30e9, "10B–30B"), (100e9, "30B–100B"), (math.inf, "≥100B"),
@@ -45,7 +45,7 @@ class Column:
 
     title: str
     candidates: tuple[str, ...]
-    stat: str = "value"  # the summary figure ranked: "mean" for AL (SPEC: the mean latency)
+    stat: str = "value"  # the summary figure ranked: "mean" for AL (docs/spec.md: the mean latency)
     paper: bool = True  # a column of the paper's tables: shown even when empty, weight 1 by default
 
 
@@ -131,7 +131,7 @@ def workload_labels(runs: pd.DataFrame) -> pd.Series:
 def peer_groups(runs: pd.DataFrame) -> pd.DataFrame:
     """Adds `bucket`, `view` and `group` to runs (columns axis, scenario, workload, hardware,
     parameters). A view is one scenario and workload on one hardware: what the
-    Explorer plots together. A peer group is axis × view × model-size bucket: SPEC's
+    Explorer plots together. A peer group is axis × view × model-size bucket: docs/spec.md's
     axis × size × hardware, split by the workload, since a pretraining run and an
     inference run (or batch 1 and batch 8) measure different things."""
     runs = runs.copy()

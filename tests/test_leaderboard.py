@@ -131,7 +131,7 @@ def test_size_buckets_split_the_papers_model_scales():
     assert ranking.size_bucket(148_288) == "<10M"
     assert ranking.size_bucket(0.49e9) == "100M–1B"  # Qwen2.5-0.5B
     assert ranking.size_bucket(1.54e9) == "1B–2B"  # 1.5B
-    assert ranking.size_bucket(3.09e9) == ranking.size_bucket(3.8e9) == "2B–5B"  # 3B, SPEC's 3.8B
+    assert ranking.size_bucket(3.09e9) == ranking.size_bucket(3.8e9) == "2B–5B"  # 3B, docs/spec.md's 3.8B
     assert ranking.size_bucket(1e9) == "1B–2B"  # upper bounds are exclusive
     assert ranking.size_bucket(None) == ranking.size_bucket(math.nan) == ranking.UNKNOWN_SIZE
 

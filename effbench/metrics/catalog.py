@@ -1,4 +1,4 @@
-"""Stable metric keys with unit, direction, display name and domain (SPEC §2).
+"""Stable metric keys with unit, direction, display name and domain (docs/spec.md §2).
 
 Like lm-eval's `higher_is_better`, direction lives with the metric, so ranks
 and gates never guess it. So does its domain, the values it can physically

@@ -13,7 +13,7 @@ from leaderboard.queries import Filters
 
 PAGE_SIZE = 100
 PLOT_CAP = 2000  # newest runs of a view a plot reads
-# Table columns: the first of the metrics a run has fills each (AL: the mean, as SPEC defines it).
+# Table columns: the first of the metrics a run has fills each (AL: the mean, as docs/spec.md defines it).
 HEADLINE = {
     "Perplexity": ("quality.perplexity",), "AL (s)": ("latency.e2e_s", "latency.step_s"),
     "IT / TT / ST": ("throughput.decode_tokens_per_s", "throughput.train_tokens_per_s", "throughput.samples_per_s"),
