@@ -1,10 +1,15 @@
-"""Importing this package registers every technique module (light: each imports
-its libraries only when it is applied)."""
+"""Importing this package registers every technique: each module of the package
+that calls `register` (they are light: a technique imports its libraries only
+when it is applied). Adding a technique is one module here and one YAML in
+configs/technique/."""
 
-from effbench.techniques import architecture, precision  # noqa: F401  (each registers itself)
-from effbench.techniques import quant_bnb, quant_calibrated, quant_hqq, quant_quanto, quant_torchao  # noqa: F401
-from effbench.techniques import freeze, full, peft_lora, peft_qlora  # noqa: F401  (the fine-tuning axis)
+import importlib
+import pkgutil
+
 from effbench.techniques.registry import (TECHNIQUES, UnsupportedTechnique, get_technique, registered_methods,
                                           torch_dtype)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["TECHNIQUES", "UnsupportedTechnique", "get_technique", "registered_methods", "torch_dtype"]
