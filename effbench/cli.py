@@ -120,7 +120,7 @@ def _open(args, read_only: bool = True):
 
 
 def cmd_list(args) -> int:
-    from effbench.report import DEFAULT_LIST_COLUMNS, list_column, list_json, print_run_list
+    from effbench.report import DEFAULT_LIST_COLUMNS, list_column, list_json, list_markdown, print_run_list
 
     keys = [k.strip() for k in args.columns.split(",") if k.strip()] if args.columns else list(DEFAULT_LIST_COLUMNS)
     try:
@@ -131,9 +131,13 @@ def cmd_list(args) -> int:
         return EXIT_CONFIG
     with _open(args) as store:
         runs = store.runs(status=args.status, model=args.model, technique=args.technique, scenario=args.scenario,
-                          tag=args.tag, limit=args.limit)
+                          tag=args.tag, sweep_id=args.sweep, limit=args.limit)
+    if args.oldest_first:
+        runs.reverse()
     if args.json:
         print(json.dumps(list_json(runs, keys), indent=1, allow_nan=False, default=str))
+    elif args.markdown:
+        print(list_markdown(runs, keys), end="")
     else:
         print_run_list(runs, keys)
     return 0
@@ -265,8 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "scenario, model, technique, hardware, engine, workload, tags, sweep, duration, error), "
                     "headline figures (AL, tput, mem, model_mem, energy, J/tok, ppl, compression) or any metric name "
                     "(default: id,created,status,scenario,model,technique,AL,tput,mem,ppl)")
-    ls.add_argument("--json", action="store_true", help="the rows as JSON (metric columns with unit, interval, "
-                                                        "source and flags) instead of a table")
+    fmt = ls.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="the rows as JSON (metric columns with unit, interval, "
+                                                         "source and flags) instead of a table")
+    fmt.add_argument("--markdown", action="store_true", help="the table in Markdown (e.g. for a results page)")
+    ls.add_argument("--sweep", metavar="DIR", help="only the runs of this sweep (its Hydra sweep directory, as the "
+                                                   "record's sweep field holds it)")
+    ls.add_argument("--oldest-first", action="store_true", help="in the order the runs were made")
     ls.set_defaults(func=cmd_list)
 
     sh = with_db(sub.add_parser("show", help="one run in full"))

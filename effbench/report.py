@@ -236,22 +236,17 @@ def _list_text(r: RunRecord, key: str, column: ListColumn) -> str:
     return "–" if value is None else escape(f"{value:.1f}" if isinstance(value, float) else str(value))
 
 
-def print_run_list(records: list[RunRecord], keys: Sequence[str] = DEFAULT_LIST_COLUMNS) -> None:
-    """The runs, newest first. Metric columns read in one scale each (its unit in the header);
-    flagged figures carry their marks (≈ estimated, ◔ runtime-dominated, ⚠ invalid, ▽ FLOPs low)."""
+def _list_cells(records: list[RunRecord], keys: Sequence[str]):
+    """(column titles with their units, one row of rich-markup cells per run, the flag codes shown)."""
     columns = {k: list_column(k) for k in keys}
-    table = Table(title=f"{len(records)} runs, newest first", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
-    scales, flagged = {}, [compare.flags({m.name: m for m in r.metrics}) for r in records]
+    scales, flagged, titles, rows = {}, [compare.flags({m.name: m for m in r.metrics}) for r in records], [], []
     for key, column in columns.items():
         title = column.title
         if column.metrics:
             values = [m.value for r in records if (m := _metric(r, column)) is not None]
             unit = next((m.unit for r in records if (m := _metric(r, column)) is not None), "")
             scales[key] = scale(unit, sorted(map(abs, values))[len(values) // 2]) if values else (1.0, unit)
-            title += f"\n[dim]{scales[key][1]}[/]" if scales[key][1] else ""
-        table.add_column(title, justify=column.justify, no_wrap=key in ("id", "created", "status"),
-                         overflow="ellipsis", max_width=24)
+        titles.append((title, scales.get(key, (1.0, ""))[1]))
     for r, found in zip(records, flagged):
         cells = []
         for key, column in columns.items():
@@ -265,15 +260,44 @@ def print_run_list(records: list[RunRecord], keys: Sequence[str] = DEFAULT_LIST_
             marks = compare.marks(found.get(m.name, ()))
             text = number(m.value, m.unit, scales[key]) + (f" {escape(marks)}" if marks else "")
             cells.append(f"[strike]{text}[/]" if m.invalid else f"[yellow]{text}[/]" if "≈" in marks else text)
-        table.add_row(*cells)
-    console.print(table)
+        rows.append(cells)
     shown = {f.code for r, found in zip(records, flagged) for column in columns.values() if column.metrics
              if (m := _metric(r, column)) is not None for f in found.get(m.name, ())}
+    return titles, rows, shown
+
+
+def print_run_list(records: list[RunRecord], keys: Sequence[str] = DEFAULT_LIST_COLUMNS) -> None:
+    """The runs, newest first. Metric columns read in one scale each (its unit in the header);
+    flagged figures carry their marks (≈ estimated, ◔ runtime-dominated, ⚠ invalid, ▽ FLOPs low)."""
+    titles, rows, shown = _list_cells(records, keys)
+    table = Table(title=f"{len(records)} runs, newest first", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for key, (title, unit) in zip(keys, titles):
+        table.add_column(title + (f"\n[dim]{unit}[/]" if unit else ""), justify=list_column(key).justify,
+                         no_wrap=key in ("id", "created", "status"), overflow="ellipsis", max_width=24)
+    for cells in rows:
+        table.add_row(*cells)
+    console.print(table)
     for code in (c for c in compare.FLAG_KINDS if c in shown):
         kind = compare.FLAG_KINDS[code]
         console.print(f"[dim]{kind.mark} {kind.meaning.split(' — ')[0]}[/]")
     if shown:
         console.print("[dim]`effbench show ID` says which figure and why[/]")
+
+
+def list_markdown(records: list[RunRecord], keys: Sequence[str]) -> str:
+    """The list as a Markdown table (for results pages): the same cells and marks, units in the header."""
+    from rich.text import Text
+
+    titles, rows, shown = _list_cells(records, keys)
+    head = [f"{title} ({unit})" if unit else title for title, unit in titles]
+    right = [list_column(k).justify == "right" for k in keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    lines += ["| " + " | ".join(Text.from_markup(c).plain.replace("|", "\\|") for c in cells) + " |"
+              for cells in rows]
+    notes = [f"{compare.FLAG_KINDS[c].mark} {compare.FLAG_KINDS[c].meaning.split(' — ')[0]}"
+             for c in compare.FLAG_KINDS if c in shown]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def list_json(records: list[RunRecord], keys: Sequence[str]) -> list[dict[str, Any]]:

@@ -199,3 +199,15 @@ def test_the_gate_pairs_only_within_one_workload():
     moved = pair_runs(side(128, "main"), side(64, "pr"), "names")
     assert len(moved) == 4 and all(p.baseline is None or p.candidate is None for p in moved)
     assert {json.loads(p.label.split("scenario.prompt_tokens=")[1].rstrip("]")) for p in moved} == {64, 128}
+
+
+def test_list_as_markdown_has_the_tables_cells_and_units():
+    from effbench.metrics.catalog import make_metric
+    from effbench.metrics.record import Source
+    from effbench.report import list_markdown
+
+    runs = [make_record(technique=t, metrics=[make_metric("latency.e2e_s", v, Source.TIMER, [v] * 3)])
+            for t, v in (("fp32", 0.5), ("bf16", 0.25))]
+    lines = list_markdown(runs, ["technique", "AL"]).splitlines()
+    assert lines[0] == "| technique | AL (ms) |" and lines[1] == "|---|---:|"
+    assert lines[2:] == ["| fp32 | 500 |", "| bf16 | 250 |"]
