@@ -9,7 +9,10 @@ example per row padded to `seq_len` or packed → held-out loss at step 0 →
 the shared measured loop of `runners.training` (warm-up steps unmeasured,
 segments of `eval_every` steps each one window, held-out loss between them)
 for a sample or step budget → optional adapter merge (timed) → held-out loss
-and perplexity → the adapter (or full weights) saved as the run's artifact.
+and perplexity → the `quality` group's lm-eval tasks on the trained model (as
+the inference scenario runs them: a failing quality step is a warning on the
+record, the measured figures stay) → the adapter (or full weights) saved as
+the run's artifact.
 
 Rows have a fixed shape (`seq_len`; padding is computed too), so the FLOPs of
 one step are counted once, outside the windows. Under torchrun every rank
@@ -80,6 +83,7 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     from effbench.metrics.peaks import linear_shapes
     from effbench.metrics.record import Metric, Source
     from effbench.models import load_model, parameter_counts
+    from effbench.quality.lm_eval_runner import lm_eval_metrics_or_warning
     from effbench.techniques.peft_common import trainable_parameters
     from runners.sft import RowSampler, response_loss, spread
     from runners.training import (StepPlan, StepWork, autocast_for, count_step_flops, flops_warnings, make_train_step,
@@ -179,12 +183,17 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
                     note="numel of parameters with requires_grad"),
         *extra,
     ]
+    warnings = flops_warnings(step_flops)
+    if subject.quality.tasks and dist.is_main:  # rank 0 writes the record; lm-eval runs on its model alone
+        model.eval()
+        with autocast:
+            metrics += lm_eval_metrics_or_warning(model, tok, subject.quality, device, subject.seed, warnings)
     artifact = None
     if sc.save_artifact and dist.is_main:
         export = technique.export(model, tcfg) if technique.export is not None else model
         artifact = save_artifact(export, tok, ctx.run_id)
     return ScenarioResult(metrics, artifact=artifact, model_name=loaded.name, provenance=loaded.provenance,
-                          warnings=flops_warnings(step_flops))
+                          warnings=warnings)
 
 
 SPEC = register_scenario(ScenarioSpec("finetune", FinetuneScenario, validate, run, axes=("finetuning",)))

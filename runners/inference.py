@@ -72,7 +72,7 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     from effbench.metrics.throughput import throughput_metrics
     from effbench.metrics.trackers import standard_window
     from effbench.metrics.window import warm_up
-    from effbench.quality.lm_eval_runner import lm_eval_metrics
+    from effbench.quality.lm_eval_runner import lm_eval_metrics_or_warning
     from runners.baseline import baseline_quality
     from runners.generation import heldout_ids, load_backend, make_prompts
 
@@ -126,11 +126,8 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
                                                bandwidth)]
             quality = perplexity_metrics(model, heldout[: sc.eval_max_tokens], sc.eval_context, device)
             metrics += quality
-            try:
-                metrics += lm_eval_metrics(model, backend.tokenizer, subject.quality, device, subject.seed)
-            except Exception as e:  # noqa: BLE001 - the measured figures stay; the record says what is missing
-                warnings.append(f"quality failed: lm-eval tasks {list(subject.quality.tasks)}: "
-                                f"{type(e).__name__}: {e}")
+            metrics += lm_eval_metrics_or_warning(model, backend.tokenizer, subject.quality, device, subject.seed,
+                                                  warnings)
         if Capability.WEIGHT_BYTES in caps:
             size = backend.weight_bytes()
             ratio = backend.reference_bytes / size

@@ -31,7 +31,9 @@ FINETUNE = ["scenario=finetune", "model=artifact", f"scenario.seq_len={SEQ}", "s
             "scenario.max_steps=8", "scenario.warmup_steps=2", "scenario.eval_every=3", "scenario.eval_samples=8",
             f"scenario.final_eval_samples={FINAL}", "scenario.lr_warmup_steps=1"]
 # Eight steps are few: adapters get a larger learning rate than their YAML defaults (LoRA+ multiplies B's by 16).
-EXTRA = {"lora": ["technique.lr=1e-2"], "rslora": ["technique.lr=1e-2", "scenario.merge_adapter=true"],
+# LoRA also runs lm-eval on the trained model (the quality step): two pydoc topics' rolling perplexity.
+QUALITY = ["quality.tasks=[effbench_pydoc_ppl]", "quality.limit=2"]
+EXTRA = {"lora": ["technique.lr=1e-2", *QUALITY], "rslora": ["technique.lr=1e-2", "scenario.merge_adapter=true"],
          "dora": ["technique.lr=1e-2"], "pissa": ["technique.lr=3e-3"], "loraplus": ["technique.lr=2e-3"],
          "qlora": ["technique.lr=1e-2"], "freeze": ["technique.top_layers=1"], "full": []}
 
@@ -49,6 +51,7 @@ def trained(tmp_path_factory):
     db = f"sqlite:///{tmp}/s.db"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EFFBENCH_ARTIFACTS", str(tmp / "artifacts"))
+        mp.setenv("EFFBENCH_TASK_DIR", str(tmp / "tasks"))  # the offline lm-eval suite, built on first use
         base = execute(compose_cfg(db, *PRETRAIN))
         assert base.status is Status.OK, base.error
         runs = {}
@@ -205,6 +208,46 @@ def test_saved_artifacts_reload_with_the_same_outputs(trained):
         loaded = load_model(ArtifactModelConfig(run_id=r.id, store_url=trained["db"]))
         loss, _, _ = response_loss(loaded.model.eval(), final, tok.pad_token_id, torch.device("cpu"))
         assert loss == pytest.approx(r.metric("quality.loss").value, rel=1e-5), method
+
+
+def test_quality_tasks_score_the_trained_model(trained, monkeypatch):
+    """The finetune scenario runs the quality group's lm-eval tasks on the model it trained:
+    its stored scores equal those of the saved adapter reloaded and evaluated afresh."""
+    from effbench.config.schema import QualityConfig
+    from effbench.quality.lm_eval_runner import lm_eval_metrics
+
+    r = trained["runs"]["lora"]
+    stored = {m.name: m.value for m in r.metrics if m.name.startswith("quality.effbench_pydoc_ppl.")}
+    assert set(stored) == {f"quality.effbench_pydoc_ppl.{k}" for k in ("word_perplexity", "byte_perplexity",
+                                                                         "bits_per_byte")}
+    reloaded = load_model(ArtifactModelConfig(run_id=r.id, store_url=trained["db"]))
+    afresh = {m.name: m.value for m in lm_eval_metrics(reloaded.model.eval(), reloaded.tokenizer,
+                                                       QualityConfig(tasks=["effbench_pydoc_ppl"], limit=2),
+                                                       torch.device("cpu"))}
+    assert stored == pytest.approx(afresh, rel=1e-4)
+    base = load_model(ArtifactModelConfig(run_id=trained["base"].id, store_url=trained["db"]))
+    before = {m.name: m.value for m in lm_eval_metrics(base.model.eval(), base.tokenizer,
+                                                       QualityConfig(tasks=["effbench_pydoc_ppl"], limit=2),
+                                                       torch.device("cpu"))}
+    assert stored != pytest.approx(before, rel=1e-4)  # the trained model was scored, not the base
+    assert not any(m.name.startswith("quality.effbench") for m in trained["runs"]["full"].metrics)  # tasks: none
+
+
+def test_a_failing_quality_step_keeps_the_training_figures(trained, monkeypatch, tmp_path):
+    import effbench.quality.lm_eval_runner as runner
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("simulated: not enough memory")
+
+    monkeypatch.setenv("EFFBENCH_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(runner, "_run", out_of_memory)
+    r = execute(compose_cfg(trained["db"], *FINETUNE, f"model.run_id={trained['base'].id}", "technique=freeze",
+                            "scenario.max_steps=3", "scenario.eval_every=1", *QUALITY))
+    assert r.status is Status.OK, r.error
+    assert r.metric("quality.loss").value > 0 and len(r.metric("latency.step_s").samples) == 1
+    assert any(w.startswith("quality failed: quality.tasks=['effbench_pydoc_ppl']: RuntimeError: simulated")
+               for w in r.warnings), r.warnings
+    assert not any(m.name.startswith("quality.effbench") for m in r.metrics)
 
 
 # ---------------------------------------------------------------------------

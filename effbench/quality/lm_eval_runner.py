@@ -51,6 +51,17 @@ def lm_eval_metrics(model: torch.nn.Module, tokenizer, cfg: QualityConfig, devic
         raise QualityError(f"quality.tasks={list(cfg.tasks)}: {type(e).__name__}: {e}") from e
 
 
+def lm_eval_metrics_or_warning(model: torch.nn.Module, tokenizer, cfg: QualityConfig, device: torch.device,
+                               seed: int, warnings: list[str]) -> list[Metric]:
+    """`lm_eval_metrics`, or none with the failure appended to `warnings`: a runner
+    stores the run's measured figures whatever happens to its quality step."""
+    try:
+        return lm_eval_metrics(model, tokenizer, cfg, device, seed)
+    except QualityError as e:
+        warnings.append(f"quality failed: {e}")
+        return []
+
+
 def _run(model, tokenizer, cfg: QualityConfig, device: torch.device, seed: int) -> list[Metric]:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
