@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up .venv, run the quick sweep, print the table
+#   make demo   set up .venv, run the demo sweep (SmolLM2-135M × fp32/bf16/int8/int4), print the table
 #   make test   set up .venv with dev extras, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,7 +31,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/effbench run --multirun sweep=quick
+	$(BIN)/effbench run --multirun sweep=demo
 
 test: install-dev
 	$(BIN)/pytest -q

@@ -134,6 +134,18 @@ def test_f32_file_round_trips_to_the_original_model(tmp_path, cache, bpe):
     assert p["source_file"] == str(path.resolve()) and p["checkpoint"] == str(cache / p["sha256"])
 
 
+def test_a_server_is_given_the_checkpoint_the_in_process_backend_loads(tmp_path, cache, bpe):
+    from effbench.backends.openai import model_path, served_model
+
+    path = tmp_path / "tiny-f32.gguf"
+    write_gguf(path, _tiny_llama(bpe.get_vocab_size(), seed=0), bpe)
+    cfg = GgufModelConfig(name="tiny", path=str(path))
+    loaded = load_model(cfg)
+    assert model_path(cfg) == loaded.provenance["checkpoint"]
+    served = served_model(cfg)
+    assert served.name == "tiny" and served.tokenizer("assert x").input_ids == loaded.tokenizer("assert x").input_ids
+
+
 def test_q4_1_file_is_dequantized_as_the_format_defines(tmp_path, cache, bpe):
     original = _tiny_llama(bpe.get_vocab_size(), seed=0)
     path = tmp_path / "tiny-q4_1.gguf"

@@ -91,19 +91,26 @@ def served_model(model_cfg: Any) -> ServedModel:
     if model_cfg.source == "hf":
         return ServedModel(model_cfg.name, load_tokenizer(model_cfg.id, revision=model_cfg.revision,
                                                           trust_remote_code=model_cfg.trust_remote_code))
+    if model_cfg.source == "gguf":
+        return ServedModel(model_cfg.name, load_tokenizer(model_path(model_cfg)))
     path, name = artifact_location(model_cfg)
     return ServedModel(name, load_tokenizer(path))
 
 
 def model_path(model_cfg: Any) -> str:
     """What a managed server is given as {model}: a hub id or a local directory;
-    a built-in model is saved once to a directory cached by its config."""
+    a built-in model is saved once to a directory cached by its config, a GGUF file
+    is its cached plain checkpoint (the one the in-process backend loads)."""
     if model_cfg.source == "hf":
         return str(model_cfg.id)
     if model_cfg.source == "artifact":
         from effbench.models.zoo import artifact_location
 
         return str(artifact_location(model_cfg)[0])
+    if model_cfg.source == "gguf":
+        from effbench.models.gguf import gguf_checkpoint, gguf_file
+
+        return str(gguf_checkpoint(gguf_file(model_cfg)).path)
     return str(_saved_builtin(model_cfg))
 
 
