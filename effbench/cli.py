@@ -139,7 +139,7 @@ def cmd_list(args) -> int:
     elif args.markdown:
         print(list_markdown(runs, keys), end="")
     else:
-        print_run_list(runs, keys)
+        print_run_list(runs, keys, "oldest first" if args.oldest_first else "newest first")
     return 0
 
 

@@ -224,6 +224,36 @@ def test_json_dir_sweep_with_a_killed_job_then_import_and_resume(tmp_path):
     assert sorted(p.name for p in records.glob("*.json")) == before
 
 
+def test_a_terminated_isolated_sweep_takes_its_running_job_with_it(tmp_path):
+    """SIGTERM to the sweep (kill, a CI or SLURM time limit): the job it is running ends too,
+    the pending ones never start. A job left behind would measure beside the next sweep."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    proc = subprocess.Popen(effbench_cmd("run", "--multirun", "hydra/launcher=isolated", "scenario.repeats=2000,2",
+                                         *FAST), cwd=tmp_path, env={**os.environ, "EFFBENCH_DB_URL": url},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + 300
+        jobs = []
+        while time.monotonic() < deadline and proc.poll() is None and not jobs:
+            jobs = _job_processes(sweep)
+            time.sleep(0.3)
+        assert jobs, "the first job never started"
+        everything = sweep.children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "sweep stopped (SIGTERM)" in output
+    gone, alive = psutil.wait_procs(everything, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
+    # Neither job wrote a record (a store is created on its first write).
+    assert not (tmp_path / "s.db").exists() or open_store(url).runs() == []
+
+
 # --- one GPU per job ----------------------------------------------------------------------------------------------
 
 

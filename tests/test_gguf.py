@@ -3,9 +3,11 @@ is exact, the cache is reused and rebuilt by the file's hash, bad files and
 missing packages are config errors; the packaged SmolLM2-135M loads and answers."""
 
 import hashlib
+import json
 import os
 import socket
 from importlib import metadata
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -142,6 +144,8 @@ def test_a_server_is_given_the_checkpoint_the_in_process_backend_loads(tmp_path,
     cfg = GgufModelConfig(name="tiny", path=str(path))
     loaded = load_model(cfg)
     assert model_path(cfg) == loaded.provenance["checkpoint"]
+    config = json.loads((Path(model_path(cfg)) / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]  # what `transformers serve` instantiates
     served = served_model(cfg)
     assert served.name == "tiny" and served.tokenizer("assert x").input_ids == loaded.tokenizer("assert x").input_ids
 
@@ -189,6 +193,13 @@ def test_cache_is_reused_and_rebuilt_when_the_file_changes(tmp_path, cache, bpe,
     assert third.provenance["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != first.provenance["sha256"]
     assert not torch.equal(_logits(third.model, IDS), _logits(first.model, IDS))
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == sorted([entry.name, third.provenance["sha256"]])
+
+    # An entry an older effbench wrote (another checkpoint format) is converted again, in place.
+    provenance = entry.parent / third.provenance["sha256"] / gguf_cache.PROVENANCE_FILE
+    provenance.write_text(json.dumps({**json.loads(provenance.read_text()), "format": 1}))
+    fourth = load_model(GgufModelConfig(name="tiny", path=str(path)))
+    assert len(builds) == 3 and fourth.provenance["format"] == gguf_cache.CHECKPOINT_FORMAT
+    assert torch.equal(_logits(third.model, IDS), _logits(fourth.model, IDS))
 
 
 def test_an_interrupted_build_leaves_nothing_behind(tmp_path, cache, bpe, monkeypatch):

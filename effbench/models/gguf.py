@@ -33,6 +33,9 @@ PROVENANCE_FILE = "effbench_gguf.json"
 HASH_INDEX = "sha256_index.json"  # path+size+mtime → sha256, so a large file is hashed once
 _BUILDING = ".building-"  # prefix of a conversion in progress: <prefix><host>-<pid>-<random>
 # Types that store values as they are (no rounding): everything else is a quantized format.
+# What a cached checkpoint holds; an entry of another format is converted again.
+# 2: config.json names the architecture (a server such as `transformers serve` needs it).
+CHECKPOINT_FORMAT = 2
 _UNROUNDED = {"F32", "F64", "I8", "I16", "I32", "I64"}
 
 
@@ -150,7 +153,7 @@ def _provenance(path: Path, sha256: str, types: dict[str, int]) -> dict:
     rounded = [t for t in types if t not in _UNROUNDED]
     how = (f"{', '.join(rounded)} → float32 by transformers' GGUF loader" if rounded
            else "no quantized tensors; read as float32 by transformers' GGUF loader")
-    return {"source_file": str(path.resolve()), "sha256": sha256, "size_bytes": path.stat().st_size,
+    return {"format": CHECKPOINT_FORMAT, "source_file": str(path.resolve()), "sha256": sha256, "size_bytes": path.stat().st_size,
             "tensor_types": types, "quantization": "+".join(rounded) or "none",
             "dequantization": f"{how} (transformers {transformers.__version__}, gguf {metadata.version('gguf')})"}
 
@@ -165,6 +168,7 @@ def _convert(path: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     # The loaded config says "quantized with gguf"; the saved weights are plain float32.
     plain = {k: v for k, v in model.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+    plain["architectures"] = [type(model).__name__]  # the GGUF loader leaves it empty
     type(model.config).from_dict(plain).save_pretrained(out)
     model.generation_config.save_pretrained(out)
     save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})  # drops the tied lm_head copy
@@ -195,7 +199,7 @@ def gguf_checkpoint(path: str | Path, root: Path | None = None) -> GgufCheckpoin
     root.mkdir(parents=True, exist_ok=True)
     sha256 = file_sha256(path, root)
     entry = root / sha256
-    if not (entry / PROVENANCE_FILE).is_file():
+    if not _complete(entry):
         _remove_abandoned_builds(root)
         types = tensor_types(path)
         tmp = Path(tempfile.mkdtemp(prefix=f"{_BUILDING}{socket.gethostname()}-{os.getpid()}-", dir=root))
@@ -206,15 +210,25 @@ def gguf_checkpoint(path: str | Path, root: Path | None = None) -> GgufCheckpoin
                 raise GgufError(f"model.path={path}: transformers cannot load this GGUF file: {e}") from e
             # Written last: the provenance file marks a complete conversion.
             (tmp / PROVENANCE_FILE).write_text(json.dumps(_provenance(path, sha256, types), indent=1))
+            if entry.exists() and not _complete(entry):  # an older format's entry
+                shutil.rmtree(entry, ignore_errors=True)
             try:
                 os.rename(tmp, entry)
             except OSError:
-                if not (entry / PROVENANCE_FILE).is_file():  # not a concurrent build that finished first
+                if not _complete(entry):  # not a concurrent build that finished first
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return GgufCheckpoint(entry, {**read_provenance(entry), "source_file": str(path.resolve()),
                                   "checkpoint": str(entry)})
+
+
+def _complete(entry: Path) -> bool:
+    """A finished conversion (its provenance file is written last) of this format."""
+    try:
+        return read_provenance(entry).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def read_provenance(checkpoint: str | Path) -> dict:

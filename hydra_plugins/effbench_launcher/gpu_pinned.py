@@ -29,6 +29,7 @@ each run's process memory its own, at the cost of a few seconds of start-up.
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -142,13 +143,58 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
 
         threads = [threading.Thread(target=worker, args=(slot,), name=f"slot{i}", daemon=True)
                    for i, slot in enumerate(slots)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with _jobs_end_with_the_sweep(todo):
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():  # a timed join: the main thread stays free to take a signal
+                    t.join(0.5)
         if errors:
             raise errors[0]
         return [r for r in results if r is not None]
+
+
+class _SweepTerminated(BaseException):
+    pass
+
+
+class _jobs_end_with_the_sweep:
+    """A sweep stopped by SIGTERM (`kill`, a CI or SLURM time limit) or Ctrl-C takes its
+    running jobs with it: their processes are this one's descendants, and a job left
+    running on its own would measure beside whatever the machine does next. Pending jobs
+    are dropped; records already written stay."""
+
+    def __init__(self, todo: queue.Queue) -> None:
+        self.todo = todo
+        self.previous: Any = None
+
+    def __enter__(self) -> "_jobs_end_with_the_sweep":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._terminated)
+        return self
+
+    @staticmethod
+    def _terminated(signum: int, frame: Any) -> None:
+        raise _SweepTerminated()
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> bool:
+        import psutil
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        if kind is None:
+            return False
+        while not self.todo.empty():
+            self.todo.get_nowait()
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            child.terminate()
+        psutil.wait_procs(children, timeout=10)
+        log.error(f"sweep stopped ({'SIGTERM' if kind is _SweepTerminated else kind.__name__}): "
+                  f"{len(children)} job process(es) terminated, pending jobs dropped")
+        if kind is _SweepTerminated:
+            raise SystemExit(128 + signal.SIGTERM)
+        return False
 
 
 class IsolatedLauncher(GpuPinnedLauncher):
