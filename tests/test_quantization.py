@@ -359,7 +359,7 @@ def test_smollm2_4bit_perplexity_and_size_are_bounded(smollm2, smollm2_fp32, nam
     model = get_technique(cfg.method).apply(fresh, cfg, CPU)
     size = serialized_size_bytes(model)
     expected = expected_bytes(smollm2.model, name)
-    assert expected <= size <= expected * 1.01
+    assert expected <= size <= expected * 1.02  # as on the tiny checkpoint: header and per-layer metadata
     assert 2.9 < smollm2_fp32.bytes / size < 3.2  # the format's band, the fp32 embedding included
     with torch.no_grad():
         ppl = perplexity(model(smollm2_fp32.chunks).logits.float(), smollm2_fp32.chunks)
