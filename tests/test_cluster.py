@@ -228,7 +228,7 @@ def test_a_terminated_isolated_sweep_takes_its_running_job_with_it(tmp_path):
     """SIGTERM to the sweep (kill, a CI or SLURM time limit): the job it is running ends too,
     the pending ones never start. A job left behind would measure beside the next sweep."""
     url = f"sqlite:///{tmp_path}/s.db"
-    proc = subprocess.Popen(effbench_cmd("run", "--multirun", "hydra/launcher=isolated", "scenario.repeats=2000,2",
+    proc = subprocess.Popen(effbench_cmd("run", "--multirun", "hydra/launcher=isolated", "scenario.repeats=20000,2",
                                          *FAST), cwd=tmp_path, env={**os.environ, "EFFBENCH_DB_URL": url},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sweep = psutil.Process(proc.pid)
@@ -239,6 +239,7 @@ def test_a_terminated_isolated_sweep_takes_its_running_job_with_it(tmp_path):
             jobs = _job_processes(sweep)
             time.sleep(0.3)
         assert jobs, "the first job never started"
+        time.sleep(8)  # into its run, past submitit's signal set-up (it ignores SIGTERM)
         everything = sweep.children(recursive=True)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)

@@ -189,7 +189,12 @@ class _jobs_end_with_the_sweep:
         children = psutil.Process().children(recursive=True)
         for child in children:
             child.terminate()
-        psutil.wait_procs(children, timeout=10)
+        # submitit's job process ignores SIGTERM (on SLURM it means "preemption coming"): kill what
+        # is left. Its record is not half-written: stores write a record whole or not at all.
+        _, alive = psutil.wait_procs(children, timeout=3)
+        for child in alive:
+            child.kill()
+        psutil.wait_procs(alive, timeout=10)
         log.error(f"sweep stopped ({'SIGTERM' if kind is _SweepTerminated else kind.__name__}): "
                   f"{len(children)} job process(es) terminated, pending jobs dropped")
         if kind is _SweepTerminated:
