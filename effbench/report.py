@@ -268,8 +268,9 @@ def _list_cells(records: list[RunRecord], keys: Sequence[str]):
 
 def print_run_list(records: list[RunRecord], keys: Sequence[str] = DEFAULT_LIST_COLUMNS,
                    order: str = "newest first") -> None:
-    """The runs, in `order` (how the caller sorted them). Metric columns read in one scale each (its unit in the header);
-    flagged figures carry their marks (≈ estimated, ◔ runtime-dominated, ⚠ invalid, ▽ FLOPs low)."""
+    """The runs, in `order` (how the caller sorted them). Metric columns read in one scale
+    each (its unit in the header); flagged figures carry their marks (≈ estimated,
+    ◔ runtime-dominated, ⚠ invalid, ▽ FLOPs low)."""
     titles, rows, shown = _list_cells(records, keys)
     table = Table(title=f"{len(records)} runs, {order}", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)

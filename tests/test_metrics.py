@@ -234,7 +234,7 @@ def test_pcu_of_short_busy_windows_never_exceeds_one(cpu):
     assert tracker.metrics()[0].source is Source.TIMER
 
 
-def test_thread_clocks_add_up_to_the_process_clock():
+def test_thread_clocks_count_each_live_thread_and_miss_a_finished_one():
     import threading
 
     from effbench.metrics.compute import cpu_seconds_between, threads_cpu_s
@@ -252,6 +252,22 @@ def test_thread_clocks_add_up_to_the_process_clock():
     assert cpu_seconds_between(start, end) >= end[me] - start[me]
     # Two spinning Python threads share the GIL, ~0.15 s each; the process clock keeps the worker's.
     assert 0.1 < cpu_seconds_between(start, end) < (p1 - p0) - 0.05
+
+
+def test_without_thread_clocks_pcu_comes_from_the_process_clock(cpu, monkeypatch):
+    import effbench.metrics.compute as compute
+    from effbench.hardware import cpu_cores
+
+    def no_proc(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(compute.os, "listdir", no_proc)  # as on a kernel without /proc/self/task
+    tracker = ComputeTracker(cpu, torch.float32)
+    window = MeasuredWindow([tracker], cpu)
+    with window.measure():
+        own = _busy_python(0.05)
+    assert list(compute.threads_cpu_s()) == [compute._PROCESS]
+    assert tracker.pcu[0] == pytest.approx(own / (window.elapsed_s[0] * cpu_cores()), abs=0.05)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -35,18 +35,21 @@ def _thread_clock(tid: int) -> int:
     return ((~tid) << 3) | 6
 
 
-def threads_cpu_s() -> dict[int, float] | None:
-    """CPU seconds of each thread of this process, each read exactly, or None where the
-    kernel offers no per-thread clocks (not Linux).
+_PROCESS = -1  # the key of the process clock's reading where there are no thread clocks
 
-    Why not time.process_time(): the process clock adds up its threads' runtimes, and the
-    kernel brings a thread running on another core up to date only at its scheduler ticks,
-    so a 20 ms window of two busy threads read PCU 110% and more. A thread's own clock is
-    brought up to date when it is read."""
+
+def threads_cpu_s() -> dict[int, float]:
+    """CPU seconds of each thread of this process, each read exactly; where the kernel
+    offers no per-thread clocks (not Linux), the process clock as one entry.
+
+    Why not time.process_time() everywhere: the process clock adds up its threads' runtimes,
+    and the kernel brings a thread running on another core up to date only at its scheduler
+    ticks, so a 20 ms window of two busy threads read PCU 110% and more. A thread's own
+    clock is brought up to date when it is read."""
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
-        return None
+        return {_PROCESS: time.process_time()}
     out = {}
     for tid in tids:
         try:
@@ -90,7 +93,7 @@ class ComputeTracker:
         self._sampler = PollingSampler({"util": self._nvml.utilization}, 0.02) if self._nvml else None
         self._cores = cpu_cores()
         self._wall0 = 0.0
-        self._cpu0: dict[int, float] | float = 0.0
+        self._cpu0: dict[int, float] = {}
         self.pcu: list[float] = []
         self.achieved: list[float] = []
 
@@ -100,13 +103,10 @@ class ComputeTracker:
         # Wall clock first at the start and last at the end: the CPU-time interval lies inside the
         # wall interval, so CPU time ≤ wall × cores holds to the clocks' nanosecond resolution.
         self._wall0 = time.perf_counter()
-        self._cpu0 = threads_cpu_s() or time.process_time()
+        self._cpu0 = threads_cpu_s()
 
     def end(self, elapsed_s: float) -> None:
-        if isinstance(self._cpu0, dict):
-            cpu_s = cpu_seconds_between(self._cpu0, threads_cpu_s() or {})
-        else:
-            cpu_s = time.process_time() - self._cpu0
+        cpu_s = cpu_seconds_between(self._cpu0, threads_cpu_s())
         wall_s = time.perf_counter() - self._wall0
         if self._sampler:
             self._sampler.stop()

@@ -32,10 +32,10 @@ CACHE_ENV = "EFFBENCH_MODEL_CACHE"
 PROVENANCE_FILE = "effbench_gguf.json"
 HASH_INDEX = "sha256_index.json"  # path+size+mtime → sha256, so a large file is hashed once
 _BUILDING = ".building-"  # prefix of a conversion in progress: <prefix><host>-<pid>-<random>
-# Types that store values as they are (no rounding): everything else is a quantized format.
 # What a cached checkpoint holds; an entry of another format is converted again.
 # 2: config.json names the architecture (a server such as `transformers serve` needs it).
 CHECKPOINT_FORMAT = 2
+# Types that store values as they are (no rounding): everything else is a quantized format.
 _UNROUNDED = {"F32", "F64", "I8", "I16", "I32", "I64"}
 
 
@@ -153,8 +153,8 @@ def _provenance(path: Path, sha256: str, types: dict[str, int]) -> dict:
     rounded = [t for t in types if t not in _UNROUNDED]
     how = (f"{', '.join(rounded)} → float32 by transformers' GGUF loader" if rounded
            else "no quantized tensors; read as float32 by transformers' GGUF loader")
-    return {"format": CHECKPOINT_FORMAT, "source_file": str(path.resolve()), "sha256": sha256, "size_bytes": path.stat().st_size,
-            "tensor_types": types, "quantization": "+".join(rounded) or "none",
+    return {"format": CHECKPOINT_FORMAT, "source_file": str(path.resolve()), "sha256": sha256,
+            "size_bytes": path.stat().st_size, "tensor_types": types, "quantization": "+".join(rounded) or "none",
             "dequantization": f"{how} (transformers {transformers.__version__}, gguf {metadata.version('gguf')})"}
 
 
