@@ -11,21 +11,25 @@ A *run* is what `effbench run` measures: one warm-up generate, then --repeats
 measured generates (effbench's TokenTimer and CPU memory tracker): one sample per
 repeat of `latency.tpot_s` and `memory.peak_bytes`.
 
---mode ab (default): the design of `effbench ab`. 2 × --pairs fresh worker
-processes, one run each, in the order A B B A A B B A …, each with
-PYTHONHASHSEED, threads and pinning as `effbench ab` sets them. Each process's
-median is one figure; the gate's own code (effbench.gate.process_gate: paired
-t-test on log ratios, planned looks with alpha spending, power-aware verdicts)
-is replayed on sessions drawn from these processes — A/B sessions from the
-neighbouring A and B processes, A/A sessions from the neighbouring A A and B B
-processes of the same order — giving the A/A false-alarm rate, the detection
-rate of the slowdown, and the pairs (processes per side) and minutes per gate.
+--mode ab (default): the design of `effbench ab`. --pairs rounds, each of an A/B
+pair of fresh worker processes (A B, then B A) and a same-code pair (A A, then
+B B), one run each, with PYTHONHASHSEED, threads and pinning as `effbench ab`
+sets them; a pair's two processes run at once with their measured windows
+taking turns (--interleave windows, as `effbench ab` by default) or one after
+the other (--interleave processes). Each process's median is one figure; the
+gate's own code (effbench.gate.process_gate: paired t-test on log ratios,
+planned looks with alpha spending, power-aware verdicts) is replayed on
+sessions drawn from these pairs — A/B sessions from the A/B pairs, A/A sessions
+from the same-code pairs — giving the A/A false-alarm rate, the detection rate
+of the slowdown, and the pairs (processes per side) and minutes per gate.
 
 --mode repeats: the earlier design (docs/results/gate_power.md, first three
 measurements): many runs per worker process, the repeat-level test across and
 within processes.
 
-    .venv/bin/python benchmarks/gate_power.py --mode ab --pairs 60     # ~25 min on 2 quiet cores
+    .venv/bin/python benchmarks/gate_power.py --mode ab --pairs 30     # ~21 min on 2 quiet cores
+    .venv/bin/python benchmarks/gate_power.py --mode ab --kinds A/B --pairs 40 --save b.json   # A/B pairs only;
+    .venv/bin/python benchmarks/gate_power.py --analyse b.json --aa-from a.json   # same-code pairs of a.json
     .venv/bin/python benchmarks/gate_power.py --mode ab --quick        # a smoke test of the script
     .venv/bin/python benchmarks/gate_power.py --mode repeats           # the earlier analysis, ~5-10 min
     .venv/bin/python benchmarks/gate_power.py --save s.json            # keep every figure; --analyse s.json re-reads
@@ -46,6 +50,9 @@ import time
 from pathlib import Path
 
 PROMPT, OUTPUT = 64, 32
+KIND_HOW = {"A/B": "an A/B pair (A B, then B A)", "A/A": "a same-code pair (A A, then B B)"}
+INTERLEAVE_HOW = {"windows": "at once, their measured windows taking turns A B B A … (as `effbench ab`)",
+                  "processes": "one after the other (`effbench ab --interleave processes`)"}
 
 
 # --- worker: measure runs ---------------------------------------------------------------------------------------
@@ -356,26 +363,43 @@ def analyse(processes: list[dict], repeats: int, elapsed: float, load: float | N
 
 
 def measure_ab(args: argparse.Namespace) -> list[dict]:
-    """2 × pairs worker processes in the order A B B A …; one figure (median) per process."""
+    """--pairs rounds, each of one A/B pair (A B, then B A in the next round) and one
+    same-code pair (A A, then B B); each pair's two worker processes run as `effbench ab`
+    runs them (--interleave): windows taking turns, or one whole process after the
+    other. One figure (median) per process."""
     from effbench.gate.ab import parse_cpus, pinning, process_env
+    from effbench.turns import TurnProcess, run_in_turns
 
     env, pin = process_env(args.hash_seed, args.threads), pinning(parse_cpus(args.cpus))
     started = time.perf_counter()
     processes = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.pairs):
-            for variant in ("A", "B") if k % 2 == 0 else ("B", "A"):
-                out = Path(tmp, f"{variant}{k}.json")
+            first, other = ("A", "B") if k % 2 == 0 else ("B", "A")
+            for kind, variants in (("A/B", (first, other)), ("A/A", (first, first))):
+                if kind not in args.kinds:
+                    continue
+                outs = [Path(tmp, f"{k}-{kind[-1]}{i}.json") for i in range(2)]
+                cmds = [[sys.executable, __file__, "--worker", str(out), "--variant", v, *_worker_args(args)]
+                        for out, v in zip(outs, variants)]
                 t0 = time.perf_counter()
-                cmd = [sys.executable, __file__, "--worker", str(out), "--variant", variant, *_worker_args(args)]
-                subprocess.run(cmd, check=True, env=env, preexec_fn=pin)
-                w = json.loads(out.read_text())
-                (run,) = w["runs"]
-                processes.append({"variant": variant, "pair": k, "wall_s": time.perf_counter() - t0,
-                                  "tpot": statistics.median(run["tpot"]), "peak": statistics.median(run["peak"]),
-                                  "factor": w["factor"], "forward_share": w["forward_share"],
-                                  "extra_bytes": w["extra_bytes"], "threads": w["threads"]})
-            print(f"pair {k + 1}/{args.pairs} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+                if args.interleave == "windows":
+                    procs = [TurnProcess(cmd, env, os.getcwd(), str(out) + ".log", pin) for cmd, out in zip(cmds, outs)]
+                    run_in_turns(*procs)
+                    if bad := [p for p in procs if p.returncode or not p.yields]:
+                        sys.exit(f"worker failed or took no turns: see {bad[0].log_path}")
+                else:
+                    for cmd in cmds:
+                        subprocess.run(cmd, check=True, env=env, preexec_fn=pin)
+                wall = (time.perf_counter() - t0) / 2
+                for i, (out, variant) in enumerate(zip(outs, variants)):
+                    w = json.loads(out.read_text())
+                    (run,) = w["runs"]
+                    processes.append({"variant": variant, "pair": k, "kind": kind, "order": i, "wall_s": wall,
+                                      "tpot": statistics.median(run["tpot"]), "peak": statistics.median(run["peak"]),
+                                      "factor": w["factor"], "forward_share": w["forward_share"],
+                                      "extra_bytes": w["extra_bytes"], "threads": w["threads"]})
+            print(f"round {k + 1}/{args.pairs} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return processes
 
 
@@ -385,15 +409,16 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 
 
 def session_pairs(processes: list[dict]) -> dict[str, list[tuple[dict, dict]]]:
-    """(baseline, candidate) process pairs of the order A B | B A | A B | B A …:
-    A/B from each A and its neighbouring B; A/A from the neighbouring A A and B B
-    at the joins (same code, as close in time), alternately oriented."""
-    ab = [(next(p for p in processes if p["pair"] == k and p["variant"] == "A"),
-           next(p for p in processes if p["pair"] == k and p["variant"] == "B"))
-          for k in sorted({p["pair"] for p in processes})]
-    aa = [(x, y) if i % 2 == 0 else (y, x)
-          for i, (x, y) in enumerate(zip(processes[1::2], processes[2::2])) if x["variant"] == y["variant"]]
-    return {"A/A": aa, "A/B": ab}
+    """(baseline, candidate) process pairs: A/B the A and B of each A/B pair, A/A the
+    two processes of each same-code pair (in the order they were started)."""
+    out: dict[str, list[tuple[dict, dict]]] = {"A/A": [], "A/B": []}
+    for k in sorted({p["pair"] for p in processes}):
+        for kind in out:
+            pair = sorted((p for p in processes if p["pair"] == k and p["kind"] == kind), key=lambda p: p["order"])
+            if pair:
+                x, y = pair
+                out[kind].append((y, x) if kind == "A/B" and x["variant"] == "B" else (x, y))
+    return out
 
 
 def _records(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...]):
@@ -463,14 +488,17 @@ def gate_rates(pairs_: list[tuple[dict, dict]], plan: tuple[int, ...], gate, ses
     return {"resampled": tally(boot), "measured blocks": tally(blocks)}
 
 
-def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, load: float) -> str:
+def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, load: float,
+               same_code_from: list[dict] | None = None) -> str:
     from effbench.gate import gate_from_dict
     from effbench.gate.config import DEFAULT_TOLERANCES
     from effbench.gate.process_stats import detectable_change, plan_looks, processes_needed
 
     by = session_pairs(processes)
-    a = [p for p in processes if p["variant"] == "A"]
-    b = [p for p in processes if p["variant"] == "B"]
+    if same_code_from is not None:  # --aa-from: the same-code pairs of another measurement
+        by["A/A"] = session_pairs(same_code_from)["A/A"]
+    a = [x for x, _ in by["A/B"]]
+    b = [y for _, y in by["A/B"]]
     wall = statistics.mean(p["wall_s"] for p in processes)
     tol_mem = DEFAULT_TOLERANCES["memory.peak_bytes"]
 
@@ -483,21 +511,28 @@ def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, 
 
     achieved = {k: statistics.median(p[k] for p in b) / statistics.median(p[k] for p in a) - 1
                 for k in ("tpot", "peak")}
+    paired_tpot = math.expm1(statistics.mean(math.log(c["tpot"] / b_["tpot"]) for b_, c in by["A/B"]))
     lines = [
         "## Setup", "",
-        f"- {len(processes)} worker processes, one after another, in the order A B B A A B …; one run each: "
+        f"- {len(processes)} worker processes in {len({p['pair'] for p in processes})} rounds of "
+        f"{' and '.join(KIND_HOW[k] for k in sorted({p['kind'] for p in processes}, reverse=True))}, "
+        f"each pair's two processes {INTERLEAVE_HOW[args.interleave]}; one run each: "
         f"1 warm-up, {args.repeats} measured repeats; tiny-llama (3.4M parameters), prompt {PROMPT}, {OUTPUT} output "
         f"tokens, torch threads {processes[0]['threads']}, PYTHONHASHSEED={args.hash_seed}"
         f"{f', pinned to CPUs {args.cpus}' if args.cpus else ''}; {elapsed:.0f} s in all ({wall:.1f} s per process, "
         f"start-up included); load average {load:.1f} at the end, on {os.cpu_count()} cores.",
         f"- Injected in B: a busy-wait of {statistics.mean(p['factor'] for p in b):.3f} × each forward's CPU time "
         f"(+{args.slowdown:.0%} decode work) and {statistics.mean(p['extra_bytes'] for p in b) / 2**20:.1f} MiB held "
-        f"per repeat. Achieved, median B / median A: TPOT {achieved['tpot']:+.1%}, peak RSS {achieved['peak']:+.1%}.",
+        f"per repeat. Achieved, median B / median A: TPOT {achieved['tpot']:+.1%}, peak RSS {achieved['peak']:+.1%}; "
+        f"within the A/B pairs (geometric mean of B / A, what the paired test sees): TPOT {paired_tpot:+.1%}.",
         f"- Between-process spread of the process medians: TPOT CV {cv(a, 'tpot'):.1%} (A), {cv(b, 'tpot'):.1%} (B); "
-        f"sd of the log ratio of neighbouring processes: A/B {log_sd(by['A/B'], 'tpot'):.1%}, A/A "
+        f"sd of the log ratio of a pair's processes: A/B {log_sd(by['A/B'], 'tpot'):.1%}, A/A "
         f"{log_sd(by['A/A'], 'tpot'):.1%} ({len(by['A/B'])} and {len(by['A/A'])} pairs); peak RSS CV "
         f"{cv(a, 'peak'):.2%}.",
     ]
+    if same_code_from is not None:
+        lines.append(f"- The A/A (same-code) pairs: {len(by['A/A'])} pairs of other measurements with the same "
+                     f"model and settings ({', '.join(args.aa_from)}).")
     sd = log_sd(by["A/A"], "tpot")
     for n in args.budgets:
         mdc = math.expm1(detectable_change(sd, n, n, 0.05, 0.95, paired=True))
@@ -507,17 +542,19 @@ def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, 
         need = processes_needed(math.log1p(tol), sd, 0.05, 0.95, paired=True, test="t")
         lines.append(f"- A TPOT tolerance of +{tol:.1%} needs ≈ {need} processes per side (one look at alpha 0.05).")
     lines += ["", f"## The process-level gate (`effbench ab` defaults: paired t-test on log ratios, alpha 0.05 with "
-                  "O'Brien–Fleming-type spending over 4 planned looks, power 0.95, Benjamini–Hochberg over the 2 "
-                  f"checks; peak memory +{tol_mem:.0%})", "",
-              f"{args.sessions} sessions per row, each a random subset of the measured pairs (A/A: each pair's sides "
-              "swapped at random), and, in brackets with their count, the disjoint blocks of measured pairs in "
-              "time order.", "",
-              "| TPOT tolerance | budget (pairs) | check | A/A false alarm | A/A pass | A/B detection "
+                  "O'Brien–Fleming-type spending over 4 planned looks, power 0.95; peak memory "
+                  f"+{tol_mem:.0%})", "",
+              "Each check in a gate of its own, so that a session's length is its own: in one gate with both, "
+              "an A/B session ends at the first look that shows the memory regression, before TPOT could be "
+              f"decided. {args.sessions} sessions per row, each a random subset of the measured pairs (A/A: each "
+              "pair's sides swapped at random), and, in brackets with their count, the disjoint blocks of measured "
+              "pairs in time order.", "",
+              "| tolerance | budget (pairs) | check | A/A false alarm | A/A pass | A/B detection "
               "| A/B inconclusive | median pairs A/A, A/B | minutes per gate A/A, A/B |",
               "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for tol in args.tolerances:
-        gate = gate_from_dict({"metrics": {"latency.tpot_s": f"+{tol * 100:g}%",
-                                           "memory.peak_bytes": f"+{tol_mem * 100:g}%"}}, "gate_power")
+    checks = [("latency.tpot_s", tol) for tol in args.tolerances] + [("memory.peak_bytes", tol_mem)]
+    for metric, tol in checks:
+        gate = gate_from_dict({"metrics": {metric: f"+{tol * 100:g}%"}}, "gate_power")
         for budget in args.budgets:
             if budget > len(by["A/A"]):
                 lines.append(f"| +{tol:.1%} | {budget} | more pairs than the {len(by['A/A'])} measured A/A pairs: "
@@ -526,16 +563,16 @@ def analyse_ab(processes: list[dict], args: argparse.Namespace, elapsed: float, 
             plan = plan_looks(min(args.min, budget), budget, args.looks)
             rates = {kind: gate_rates(by[kind], plan, gate, args.sessions, args.seed, kind == "A/A")
                      for kind in ("A/A", "A/B")}
-            for metric in ("latency.tpot_s", "memory.peak_bytes"):
-                def cell(kind, verdict):
-                    r, m = rates[kind]["resampled"], rates[kind]["measured blocks"]
-                    blocks = f" [{m[metric][verdict]:.0%} of {m['n']}]" if m["n"] else ""
-                    return f"{r[metric][verdict]:.1%}{blocks}"
-                sizes = [rates[k]["resampled"]["pairs_median"] for k in ("A/A", "A/B")]
-                minutes = [2 * n * wall / 60 for n in sizes]
-                lines.append(f"| +{tol:.1%} | {budget} | `{metric}` | {cell('A/A', 'regression')} | "
-                             f"{cell('A/A', 'pass')} | {cell('A/B', 'regression')} | {cell('A/B', 'inconclusive')} | "
-                             f"{sizes[0]:g}, {sizes[1]:g} | {minutes[0]:.1f}, {minutes[1]:.1f} |")
+
+            def cell(kind, verdict):
+                r, m = rates[kind]["resampled"], rates[kind]["measured blocks"]
+                blocks = f" [{m[metric][verdict]:.0%} of {m['n']}]" if m["n"] else ""
+                return f"{r[metric][verdict]:.1%}{blocks}"
+            sizes = [rates[k]["resampled"]["pairs_median"] for k in ("A/A", "A/B")]
+            minutes = [2 * n * wall / 60 for n in sizes]
+            lines.append(f"| +{tol:.1%} | {budget} | `{metric}` | {cell('A/A', 'regression')} | "
+                         f"{cell('A/A', 'pass')} | {cell('A/B', 'regression')} | {cell('A/B', 'inconclusive')} | "
+                         f"{sizes[0]:g}, {sizes[1]:g} | {minutes[0]:.1f}, {minutes[1]:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -552,10 +589,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few processes: checks the script, measures nothing")
     ap.add_argument("--save", metavar="JSON", help="also write every figure here")
     ap.add_argument("--analyse", metavar="JSON", help="analyse figures saved by --save instead of measuring")
+    ap.add_argument("--aa-from", metavar="JSON", nargs="+",
+                    help="with --analyse: the same-code (A/A) pairs from these saved measurements (same model and "
+                         "settings) instead")
     ab = ap.add_argument_group("mode ab")
     ab.add_argument("--pairs", type=int, default=60, help="A and B processes each (default 60)")
     ab.add_argument("--hash-seed", type=int, default=0, help="PYTHONHASHSEED of every worker (default 0)")
     ab.add_argument("--cpus", help="pin every worker to these CPUs (e.g. 0-1)")
+    ab.add_argument("--kinds", nargs="+", choices=["A/B", "A/A"], default=["A/B", "A/A"],
+                    help="the pairs each round measures (default both)")
+    ab.add_argument("--interleave", choices=["windows", "processes"], default="windows",
+                    help="a pair's two processes: windows taking turns (default, as effbench ab) or one after "
+                         "the other")
     ab.add_argument("--min", type=int, default=5, help="pairs at the first planned look (default 5, as effbench ab)")
     ab.add_argument("--looks", type=int, default=4, help="planned looks (default 4, as effbench ab)")
     ab.add_argument("--budgets", type=int, nargs="+", default=[10, 20, 40], help="pairs at the last look")
@@ -578,7 +623,9 @@ def main() -> None:
         saved = json.loads(Path(args.analyse).read_text())
         if saved.get("mode", "repeats") == "ab":
             vars(args).update(saved["settings"])
-            print(analyse_ab(saved["processes"], args, saved["elapsed"], saved["load"]))
+            same_code = ([p | {"pair": (i, p["pair"])} for i, f in enumerate(args.aa_from)
+                          for p in json.loads(Path(f).read_text())["processes"]] if args.aa_from else None)
+            print(analyse_ab(saved["processes"], args, saved["elapsed"], saved["load"], same_code))
         else:
             print(analyse(saved["processes"], saved["repeats"], saved["elapsed"], saved.get("load")))
         return
@@ -596,11 +643,14 @@ def main() -> None:
                       file=sys.stderr)
     elapsed, load = time.perf_counter() - started, os.getloadavg()[0]
     if args.save:
-        settings = {k: getattr(args, k) for k in ("repeats", "hash_seed", "cpus", "slowdown")}
+        settings = {k: getattr(args, k) for k in ("repeats", "hash_seed", "cpus", "slowdown", "interleave")}
         Path(args.save).write_text(json.dumps({"mode": args.mode, "processes": processes, "repeats": args.repeats,
                                                "elapsed": elapsed, "load": load, "settings": settings}))
     if args.mode == "ab":
-        print(analyse_ab(processes, args, elapsed, load))
+        if "A/A" in args.kinds:
+            print(analyse_ab(processes, args, elapsed, load))
+        else:
+            print("no same-code pairs measured (--kinds A/B): analyse with --analyse SAVED --aa-from OTHER.json")
     else:
         print(analyse(processes, args.repeats, elapsed, load))
 

@@ -11,11 +11,14 @@ ByT5 tokenizer files transformers 5 saves do not load in transformers 4 (its
 Each round runs, one after another in fresh processes (A B C … A B C … over rounds; a first
 round, discarded, warms the file cache and effbench's probe cache):
   effbench            one `effbench run model=hf model.id=DIR ...` (default launcher)
-  effbench isolated   one `effbench run --multirun hydra/launcher=isolated seed=0,1,...`
-                      of --pairs pairs (each pair a fresh process); cost divided by pairs
+  effbench sweep      one `effbench run --multirun seed=0,1,...` of --pairs pairs, all in
+                      this one process (Hydra's basic launcher); cost divided by pairs
+  effbench isolated   the same sweep with hydra/launcher=isolated (each pair a fresh process)
   bare (effbench venv) a bare generate() loop on the same model: no tracking
   import              `python -c "import effbench.execute"` (target ≤ 3 s)
   optimum-benchmark   one process of optimum-benchmark 0.6.0 (only with --peer-python)
+  optimum-benchmark sweep  one process launching --pairs benchmarks of the pair (each in a
+                      fresh process, by its default launcher); cost divided by pairs
   bare (peer venv)    the same bare loop in the peer's venv (its transformers version)
 
 Per-pair fixed cost = process wall − measured windows, where the measured windows are
@@ -46,10 +49,11 @@ Run (a benchmark, not a test; take figures on a quiet machine, decode tok/s vari
     .venv/bin/python benchmarks/harness_cost.py [--rounds 5] [--pairs 3] \\
         [--peer-python /work/peer-venvs/optimum/bin/python] [--quick]
 Without --peer-python it measures effbench only. Targets: effbench's fixed cost per
-pair ≤ ⅓ of optimum-benchmark's; `import effbench.execute` ≤ 3 s; decode tok/s within
+pair ≤ ⅓ of optimum-benchmark's, like with like (one pair per process against one; a
+sweep, either launcher, against the peer's sweep of as many pairs); `import effbench.execute` ≤ 3 s; decode tok/s within
 3% of the bare loop in the same venv.
 
-This file also runs as a worker in a harness's venv (`_worker bare|optimum DIR OUT`),
+This file also runs as a worker in a harness's venv (`_worker bare|optimum DIR OUT PAIRS`),
 so its module level imports only the standard library.
 """
 
@@ -100,8 +104,9 @@ def bare_loop(model_dir: str) -> dict:
             "decode_tok_s": [BATCH * (NEW_TOKENS - 1) / (t - ttft) for t in e2e]}
 
 
-def optimum_pair(model_dir: str) -> dict:
-    """One optimum-benchmark run of the pair, configured like effbench's (latency tracker only)."""
+def optimum_pairs(model_dir: str, pairs: int) -> dict:
+    """`pairs` optimum-benchmark runs of the pair in one process, configured like effbench's
+    (latency tracker only), each through its default launcher (a fresh process per benchmark)."""
     from optimum_benchmark import Benchmark, BenchmarkConfig, InferenceConfig, ProcessConfig, PyTorchConfig
 
     cfg = BenchmarkConfig(
@@ -112,13 +117,14 @@ def optimum_pair(model_dir: str) -> dict:
                                  generate_kwargs={"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}),
         backend=PyTorchConfig(model=model_dir, device="cpu", task="text-generation"),
     )
-    report = Benchmark.launch(cfg)
-    return {"windows_s": sum(report.generate.latency.values),
-            "decode_tok_s": [BATCH * (NEW_TOKENS - 1) / t for t in report.decode.latency.values]}
+    reports = [Benchmark.launch(cfg) for _ in range(pairs)]
+    return {"windows_s": sum(sum(r.generate.latency.values) for r in reports),
+            "decode_tok_s": [BATCH * (NEW_TOKENS - 1) / t for r in reports for t in r.decode.latency.values]}
 
 
-WORKERS = {"bare": bare_loop, "optimum": optimum_pair}
-ROWS = ("effbench", "effbench isolated", "bare (effbench venv)", "import", "optimum-benchmark", "bare (peer venv)")
+WORKERS = {"bare": lambda model_dir, pairs: bare_loop(model_dir), "optimum": optimum_pairs}
+ROWS = ("effbench", "effbench sweep", "effbench isolated", "bare (effbench venv)", "import", "optimum-benchmark",
+        "optimum-benchmark sweep", "bare (peer venv)")
 
 
 # --- the benchmark: runs in effbench's venv --------------------------------------------------
@@ -218,22 +224,24 @@ class Runner:
         sample.wall_s = wall
         return sample
 
-    def effbench_isolated(self) -> Sample:
+    def effbench_sweep(self, launcher: list[str]) -> Sample:
+        """`--pairs` pairs (seeds) in one `--multirun`: the default launcher runs them in this
+        one process, `isolated` each in a fresh one."""
         out = self.work / f"sweep-{self.count}"
         seeds = ",".join(str(s) for s in range(self.pairs))
-        wall = self._effbench(["hydra/launcher=isolated", f"seed={seeds}", f"hydra.sweep.dir={out}"], multirun=True)
+        wall = self._effbench([*launcher, f"seed={seeds}", f"hydra.sweep.dir={out}"], multirun=True)
         sample = self._records(out)
         if sample.pairs != self.pairs:
-            sys.exit(f"the isolated sweep in {out} stored {sample.pairs} runs, expected {self.pairs}")
+            sys.exit(f"the sweep in {out} stored {sample.pairs} runs, expected {self.pairs}")
         sample.wall_s = wall
         return sample
 
-    def worker(self, kind: str, python: str) -> Sample:
+    def worker(self, kind: str, python: str, pairs: int = 1) -> Sample:
         out = self.work / f"{kind}-{self.count}.json"
-        wall = self._run([python, str(Path(__file__).resolve()), "_worker", kind, str(self.model_dir), str(out)],
-                         effbench_env=python == sys.executable)
+        wall = self._run([python, str(Path(__file__).resolve()), "_worker", kind, str(self.model_dir), str(out),
+                          str(pairs)], effbench_env=python == sys.executable)
         got = json.loads(out.read_text())
-        return Sample(wall, got["windows_s"], decode_tok_s=statistics.median(got["decode_tok_s"]))
+        return Sample(wall, got["windows_s"], pairs=pairs, decode_tok_s=statistics.median(got["decode_tok_s"]))
 
     def import_execute(self) -> Sample:
         return Sample(self._run([sys.executable, "-c", "import effbench.execute"], effbench_env=True), 0.0)
@@ -258,8 +266,9 @@ def report(rows: dict[str, list[Sample]], args: argparse.Namespace) -> None:
     for col in ("harness", "pairs/process", "process wall s", "in windows s", "fixed cost/pair s (wall − windows)",
                 "outside record s (wall − duration_s)", "decode tok/s", "decode ÷ bare, same venv"):
         table.add_column(col)
-    bare_of = {"effbench": "bare (effbench venv)", "effbench isolated": "bare (effbench venv)",
-               "optimum-benchmark": "bare (peer venv)"}
+    bare_of = {"effbench": "bare (effbench venv)", "effbench sweep": "bare (effbench venv)",
+               "effbench isolated": "bare (effbench venv)", "optimum-benchmark": "bare (peer venv)",
+               "optimum-benchmark sweep": "bare (peer venv)"}
     for name, samples in rows.items():
         if not samples or name == "import":  # a process without a pair: in the targets below
             continue
@@ -275,10 +284,12 @@ def report(rows: dict[str, list[Sample]], args: argparse.Namespace) -> None:
     targets = Table(title="targets (per round, then median and range)")
     for col in ("figure", "value", "target"):
         targets.add_column(col)
-    peer = rows["optimum-benchmark"]
-    for name in ("effbench", "effbench isolated"):
-        if peer:
-            targets.add_row(f"{name} fixed cost ÷ optimum-benchmark's",
+    # Like with like: one pair per process against one; a sweep against the peer's sweep of as
+    # many pairs in one process (which, by its default launcher, runs each in a fresh process).
+    for name, peer_name in (("effbench", "optimum-benchmark"), ("effbench sweep", "optimum-benchmark sweep"),
+                            ("effbench isolated", "optimum-benchmark sweep")):
+        if peer := rows[peer_name]:
+            targets.add_row(f"{name} fixed cost ÷ {peer_name}'s",
                             spread([s.fixed_s / p.fixed_s for s, p in zip(rows[name], peer)], ".3f"), "≤ 0.333")
         ratio = [s.decode_tok_s / b.decode_tok_s for s, b in zip(rows[name], rows["bare (effbench venv)"])]
         targets.add_row(f"{name} decode tok/s ÷ bare generate()", spread(ratio, ".3f"), "≥ 0.97")
@@ -287,15 +298,15 @@ def report(rows: dict[str, list[Sample]], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "_worker":
-        _, _, kind, model_dir, out = sys.argv
-        Path(out).write_text(json.dumps(WORKERS[kind](model_dir)))
+    if len(sys.argv) == 6 and sys.argv[1] == "_worker":
+        _, _, kind, model_dir, out, pairs = sys.argv
+        Path(out).write_text(json.dumps(WORKERS[kind](model_dir, int(pairs))))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--pairs", type=int, default=3, help="pairs in the isolated launcher's sweep (default 3)")
+    ap.add_argument("--pairs", type=int, default=3, help="pairs in each sweep row (default 3)")
     ap.add_argument("--peer-python", help="python of a venv with optimum-benchmark 0.6.0 (see above)")
-    ap.add_argument("--quick", action="store_true", help="one round, a 2-pair isolated sweep")
+    ap.add_argument("--quick", action="store_true", help="one round, 2-pair sweeps")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.pairs = 1, 2
@@ -310,12 +321,14 @@ def main() -> None:
         runner = Runner(work, work / "model", args.peer_python, args.pairs)
         steps = {
             "effbench": runner.effbench_default,
-            "effbench isolated": runner.effbench_isolated,
+            "effbench sweep": lambda: runner.effbench_sweep([]),
+            "effbench isolated": lambda: runner.effbench_sweep(["hydra/launcher=isolated"]),
             "bare (effbench venv)": lambda: runner.worker("bare", sys.executable),
             "import": runner.import_execute,
         }
         if args.peer_python:
             steps["optimum-benchmark"] = lambda: runner.worker("optimum", args.peer_python)
+            steps["optimum-benchmark sweep"] = lambda: runner.worker("optimum", args.peer_python, args.pairs)
             steps["bare (peer venv)"] = lambda: runner.worker("bare", args.peer_python)
         rows: dict[str, list[Sample]] = {name: [] for name in ROWS}
         # Round 0 is discarded: it fills the OS file cache, writes .pyc files and effbench's

@@ -63,6 +63,7 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     from effbench.metrics.bandwidth import bandwidth_metric, decode_memory_metrics, memory_bandwidth
     from effbench.metrics.catalog import make_metric
     from effbench.metrics.compression import compression_metrics
+    from effbench.metrics.energy import prepare_energy_tracker
     from effbench.metrics.latency import latency_metrics
     from effbench.metrics.mcr import mcr_metrics
     from effbench.metrics.memory import decode_weight_bytes, measured_kv_bytes_per_token, resident_memory_metrics
@@ -78,6 +79,7 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
 
     sc: InferenceScenario = subject.scenario
     device = ctx.device
+    prepare_energy_tracker(device)  # in the background while the model loads; joined before the first window
     bar = tqdm(total=sc.repeats + 2, desc=subject.label, leave=False, unit="step")
     backend = load_backend(subject, device)
     caps = backend.capabilities
@@ -88,15 +90,17 @@ def run(subject: Subject, ctx: RunContext) -> ScenarioResult:
     warnings: list[str] = []
 
     with torch.inference_mode():
+        # Counted first: the counted call also pays the first call's lazy initialisation, so the
+        # warm-up after it settles a run sooner (it is never timed either way).
+        flops = backend.count_generate_flops(input_ids, sc.output_tokens) if Capability.FLOPS in caps else None
+        if flops is not None and flops.flops is None:
+            warnings.append(f"compute.flops not counted, so no MFU: {flops.note}")
         warmed = warm_up(lambda: backend.generate_untimed(input_ids, sc.output_tokens), min_runs=max(1, sc.warmup),
                          max_runs=max(sc.warmup, sc.warmup_max), device=device) if sc.warmup else None
         if warmed is not None and not warmed.settled:
             warnings.append(warmed.note)
         bar.update()
         params = backend.parameters if Capability.PARAMETERS in caps else None
-        flops = backend.count_generate_flops(input_ids, sc.output_tokens) if Capability.FLOPS in caps else None
-        if flops is not None and flops.flops is None:
-            warnings.append(f"compute.flops not counted, so no MFU: {flops.note}")
         tokens_fed = sc.batch_size * (sc.prompt_tokens + sc.output_tokens - 1)  # KV cache: each token once
         window = standard_window(
             device, compute_dtype, tokens_per_window=sc.batch_size * sc.output_tokens, flops=flops,

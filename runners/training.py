@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from effbench.distributed import Distributed
 from effbench.hardware import synchronize
 from effbench.metrics.catalog import CATALOG, from_samples, make_metric
+from effbench.metrics.energy import prepare_energy_tracker
 from effbench.metrics.flops import FlopCount, count_flops
 from effbench.metrics.record import Metric, Source
 from effbench.metrics.trackers import standard_window
@@ -223,6 +224,7 @@ def measured_training(train_step: Callable[[], float], evaluate: Callable[[], fl
                       device: torch.device, dist: Distributed, desc: str, cpu_max_ghz: float | None = None
                       ) -> TrainingRun:
     """Warm-up, then measured segments with a held-out evaluation after each (module docstring)."""
+    prepare_energy_tracker(device)  # in the background during the warm-up; joined before the first window
     bar = tqdm(total=plan.total_steps, desc=desc, unit="step", leave=False, disable=None if dist.is_main else True)
     losses = []
     for _ in range(plan.warmup_steps):

@@ -357,19 +357,44 @@ def test_ab_on_two_configs_fails_a_slower_side_naming_the_metric(tmp_path, capsy
         runs = store.runs()
     assert len(runs) == 6 and {len([t for t in r.tags if t.startswith(("ab:", "side:", "pair:", "ab-looks:"))])
                                for r in runs} == {4}
-    assert [t for r in sorted(runs, key=lambda r: r.created_at) for t in r.tags if t.startswith("side:")] == \
+    assert [t for r in sorted(runs, key=lambda r: _span(r)[0]) for t in r.tags if t.startswith("side:")] == \
         ["side:A", "side:B", "side:B", "side:A", "side:A", "side:B"]
     assert {r.software.get("python_hash_seed") for r in runs} == {"0"}
+    # --interleave windows (the default): a pair's two runs ran at once, their windows taking turns.
+    assert all(_overlap(*pair) for pair in _pairs(runs))
+
+
+def _pairs(runs) -> list:
+    by_pair: dict[str, list] = {}
+    for r in runs:
+        by_pair.setdefault(next(t for t in r.tags if t.startswith("pair:")), []).append(r)
+    return list(by_pair.values())
+
+
+def _span(r) -> tuple:
+    """When the run's scenario started and ended (a record is created at its end)."""
+    from datetime import datetime, timedelta
+
+    end = datetime.fromisoformat(r.created_at)
+    return end - timedelta(seconds=r.duration_s), end
+
+
+def _overlap(x, y) -> bool:
+    (s1, e1), (s2, e2) = _span(x), _span(y)
+    return s1 < e2 and s2 < e1
 
 
 @pytest.mark.slow
 def test_ab_on_the_same_config_passes(tmp_path, capsys):
-    """A/A: 2 pairs. Latency cannot be resolved that cheaply (inconclusive, with the
-    processes it would need); size is deterministic and passes; nothing regresses."""
+    """A/A: 2 pairs, one whole process after the other. Latency cannot be resolved that
+    cheaply (inconclusive, with the processes it would need); size is deterministic and
+    passes; nothing regresses."""
     (tmp_path / "gate.yaml").write_text("metrics:\n  latency.tpot_s: +5%\n  compression.size_bytes: +1%\n")
     code = ab(tmp_path, "--min", "2", "--max", "2", "--looks", "1", "--gate", str(tmp_path / "gate.yaml"),
-              "config:", "config:", *QUICK)
+              "--interleave", "processes", "config:", "config:", *QUICK)
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     assert "REGRESSION" not in err and "runner too noisy for this tolerance" in out.replace("\n", " ") + err
     assert "effbench gate PASS" in out
+    with open_store(f"sqlite:///{tmp_path}/ab.db", read_only=True) as store:
+        assert not any(_overlap(*pair) for pair in _pairs(store.runs()))

@@ -1,10 +1,14 @@
 """`effbench ab`: measure two sides in interleaved fresh processes, then gate them.
 
-On shared machines a process's speed is a random draw (docs/results/gate_power.md),
-so the process is the unit of measurement: N fresh `effbench run` processes per
-side, in the order A B B A A B B A …, each with the same hash seed, thread
-settings and CPU pinning, each run tagged `ab:<session>`, `side:A|B`,
-`pair:<k>` and the session's planned looks (`ab-looks:5/10/15/20`), all in one
+On shared machines a process's speed is a random draw and the machine's speed
+changes from second to second (docs/results/gate_power.md), so the process is the
+unit of measurement: N fresh `effbench run` processes per side, pair by pair (A B,
+then B A, …). The two processes of a pair run at once but never together: their
+measured windows take turns A B B A … (effbench/turns.py), so both sides see the
+machine at the same moments and its speed cancels in the pair's ratio
+(`--interleave processes`: one whole process after the other). Each has the same
+hash seed, thread settings and CPU pinning; each run is tagged `ab:<session>`,
+`side:A|B`, `pair:<k>` and the session's planned looks (`ab-looks:5/10/15/20`), all in one
 store. After each planned look the runs are gated (effbench.gate.process_gate);
 the session stops once decided or at its budget (pairs or minutes). A later
 `effbench gate --match ab` over the same runs replays the same looks.
@@ -35,17 +39,21 @@ from effbench.gate.cli import EXIT_USAGE, add_gate_file_arguments, load_gate_opt
 from effbench.gate.options import PAIR_TAG, SESSION_TAG, SIDE_TAG, looks_tag
 
 SIDE_KINDS = ("config", "path", "ref")
+INTERLEAVE = ("windows", "processes")
 # Keys `effbench ab` sets itself on every process: same for both sides by construction.
 OWN_KEYS = ("store.url", "tags", "rerun", "hardware.threads", "hydra.run.dir")
 INSTALLED_MARK = ".effbench-ab-installed"
 TORCH_PIN = "torch==2.13.0"  # first, from the CPU wheel: a plain `torch` would pull a CUDA build
 
 HELP = """\
-Measure two sides in interleaved fresh processes (A B B A A B B A ...), one short
-`effbench run` each, same hash seed, threads and CPU pinning, all stored in one
-store, then gate them: one median per process, each A process paired with its
-neighbouring B process, a t-test (or sign-flip permutation test) on the log
-ratios with the tolerance as margin. It begins at --min pairs and looks again
+Measure two sides in fresh processes, pair by pair, one short `effbench run`
+each, same hash seed, threads and CPU pinning, all stored in one store. A pair's
+two processes run at once but never together: their measured windows take turns
+(A B B A ...), so both see the machine at the same moment and the machine's
+speed of that moment cancels in the pair's ratio (--interleave processes: one
+whole process after the other). Then gate them: one median per process, each A
+process paired with its B process, a t-test (or sign-flip permutation test) on
+the log ratios with the tolerance as margin. It begins at --min pairs and looks again
 at planned points up to --max (O'Brien-Fleming-type alpha spending: valid,
 no peeking), stopping once decided or out of --minutes. A check the runner
 cannot resolve at its tolerance is inconclusive ("runner too noisy"), with
@@ -254,6 +262,7 @@ class Settings:
     plan: tuple[int, ...]
     common: tuple[str, ...]
     logdir: Path
+    interleave: str = "windows"  # or "processes" (INTERLEAVE)
 
     def env(self, side: Side) -> dict[str, str]:
         return side_env(side, process_env(self.hash_seed, self.threads))
@@ -275,20 +284,37 @@ def session_runs(settings: Settings) -> list:
         return store.runs(tag=f"{SESSION_TAG}{settings.session}")
 
 
-def run_process(side: Side, pair: int, settings: Settings) -> float:
-    """One `effbench run` of one side; its wall time. A failed run is stored (and
-    exits 1): the gate judges it. A process that stored nothing (a bad config, a
-    broken install) means that side cannot be measured."""
-    log = settings.logdir / f"{side.label}-{pair}.log"
-    started = time.perf_counter()
-    with open(log, "w") as out:
-        rc = subprocess.run(settings.argv(side, pair), cwd=side.cwd, env=settings.env(side), stdout=out,
-                            stderr=subprocess.STDOUT, preexec_fn=pinning(settings.cpus)).returncode
+def _check_stored(side: Side, pair: int, rc: int, log: Path, settings: Settings) -> None:
+    """A failed run is stored (and exits 1): the gate judges it. A process that stored
+    nothing (a bad config, a broken install) means that side cannot be measured."""
     mine = {f"{SIDE_TAG}{side.label}", f"{PAIR_TAG}{pair}"}
     if rc != 0 and not any(mine <= set(r.tags) for r in session_runs(settings)):
         raise AbError(f"side {side.label} ({side.spec}): `effbench run` exited {rc} and stored no run "
                       f"(log {log}):\n{_tail(log.read_text())}")
-    return time.perf_counter() - started
+
+
+def run_process(side: Side, pair: int, settings: Settings) -> None:
+    """One `effbench run` of one side, alone on the machine (--interleave processes)."""
+    log = settings.logdir / f"{side.label}-{pair}.log"
+    with open(log, "w") as out:
+        rc = subprocess.run(settings.argv(side, pair), cwd=side.cwd, env=settings.env(side), stdout=out,
+                            stderr=subprocess.STDOUT, preexec_fn=pinning(settings.cpus)).returncode
+    _check_stored(side, pair, rc, log, settings)
+
+
+def run_pair_in_turns(first: Side, second: Side, pair: int, settings: Settings) -> list[Side]:
+    """The pair's two `effbench run` processes at once, their measured windows taking
+    turns (--interleave windows, effbench/turns.py); the sides that never took a turn
+    (an effbench that predates the protocol: its run was one turn, the pair sequential)."""
+    from effbench.turns import TurnProcess, run_in_turns
+
+    procs = [TurnProcess(settings.argv(side, pair), settings.env(side), str(side.cwd),
+                         str(settings.logdir / f"{side.label}-{pair}.log"), pinning(settings.cpus))
+             for side in (first, second)]
+    run_in_turns(*procs)
+    for side, p in zip((first, second), procs):
+        _check_stored(side, pair, p.returncode, Path(p.log_path), settings)
+    return [side for side, p in zip((first, second), procs) if p.yields == 0]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -305,6 +331,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                           "(default 1; 0 leaves them alone)")
     p.add_argument("--hash-seed", type=int, default=0, help="PYTHONHASHSEED of every process (default 0)")
     p.add_argument("--cpus", help="pin every process to these CPUs (e.g. 0 or 0-1; os.sched_setaffinity)")
+    p.add_argument("--interleave", choices=INTERLEAVE, default="windows",
+                   help="windows (default): a pair's two processes run at once, never together, their measured "
+                        "windows alternating A B B A ... so both see the machine at the same moment; processes: "
+                        "one whole process after the other (for a model that cannot be held twice)")
     p.add_argument("--workdir", default="results/ab", help="logs and ref worktrees (default results/ab)")
     add_gate_file_arguments(p)
 
@@ -326,13 +356,22 @@ def run_session(side_a: Side, side_b: Side, settings: Settings, gate, minutes: f
     started = time.perf_counter()
     pair_seconds: list[float] = []
     n, result = 0, None
+    untaken: set[str] = set()
     while True:
         order = (side_a, side_b) if n % 2 == 0 else (side_b, side_a)
-        took = 0.0
-        for side in order:
-            took += run_process(side, n, settings)
-            progress(f"effbench ab: pair {n + 1}, side {side.label} done ({time.perf_counter() - started:.0f} s)")
-        pair_seconds.append(took)
+        t0 = time.perf_counter()
+        if settings.interleave == "windows":
+            for side in run_pair_in_turns(*order, n, settings):
+                if side.label not in untaken:
+                    untaken.add(side.label)
+                    progress(f"effbench ab: side {side.label} ({side.spec}) did not take turns (its effbench "
+                             "predates them): its processes run whole, as with --interleave processes")
+            progress(f"effbench ab: pair {n + 1} done ({time.perf_counter() - started:.0f} s)")
+        else:
+            for side in order:
+                run_process(side, n, settings)
+                progress(f"effbench ab: pair {n + 1}, side {side.label} done ({time.perf_counter() - started:.0f} s)")
+        pair_seconds.append(time.perf_counter() - t0)
         n += 1
         elapsed = time.perf_counter() - started
         out_of_time = minutes is not None and elapsed + max(pair_seconds) > minutes * 60
@@ -375,9 +414,9 @@ def cmd_ab(args: argparse.Namespace) -> int:
         logdir = (workdir / session).resolve()
         logdir.mkdir(parents=True, exist_ok=True)
         settings = Settings(session, absolute_store_url(check_url(args.db)), args.threads, args.hash_seed,
-                            cpus, plan, tuple(args.overrides), logdir)
+                            cpus, plan, tuple(args.overrides), logdir, args.interleave)
         print(f"effbench ab: session {session}: A = {side_a.spec}, B = {side_b.spec}; looks at "
-              f"{', '.join(map(str, plan))} pairs; logs in {logdir}", flush=True)
+              f"{', '.join(map(str, plan))} pairs; interleaving {args.interleave}; logs in {logdir}", flush=True)
         result, n, elapsed = run_session(side_a, side_b, settings, gate, args.minutes,
                                          lambda line: print(line, file=sys.stderr, flush=True))
     except (AbError, GateConfigError, GateUsageError) as e:

@@ -12,7 +12,7 @@ the regression margin is m = log(1 + t) (lower is better) or −log(1 − t)
 (higher is better), so "worse by more than t" ⇔ δ > m, where δ is the mean
 candidate − baseline difference of u.
 
-- paired (each baseline process with its neighbouring candidate process): the
+- paired (each baseline process with the candidate process of its pair): the
   log ratios w_k = u_cand,k − u_base,k, one-sample tests of their mean;
 - unpaired: the two sides' u, a two-sample test of the difference of means.
 

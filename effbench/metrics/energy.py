@@ -9,6 +9,7 @@ CPU: RAPL package counters (`counter`), else codecarbon's model (`estimated`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from functools import cache
@@ -130,28 +131,38 @@ class RaplEnergyTracker(EnergyTracker):
         return total / 1e6, Source.COUNTER, f"RAPL package counters ({len(self._zones)} zones)"
 
 
+_codecarbon_lock = threading.Lock()
+
+
 @cache
-def _codecarbon():
-    """One tracker per process: its first task costs ~1.5 s, later ones ~1 ms."""
+def _codecarbon_started():
+    """One tracker per process, its first task already run: codecarbon's hardware set-up
+    (py-cpuinfo in a subprocess, a TDP table lookup) costs ~1.5–2 s then, later tasks ~1 ms."""
     from codecarbon import OfflineEmissionsTracker
 
     # codecarbon sets its logger to INFO on import; its chatter is not ours to print.
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
 
-    return OfflineEmissionsTracker(
+    tracker = OfflineEmissionsTracker(
         country_iso_code="USA",  # only used for CO2, which effbench does not report
         save_to_file=False,
         log_level="error",
         allow_multiple_runs=True,
         tracking_mode="process",
     )
+    tracker.start_task("effbench-warmup")
+    tracker.stop_task()
+    return tracker
+
+
+def _codecarbon():
+    with _codecarbon_lock:  # the set-up may be under way in the background (prepare_energy_tracker)
+        return _codecarbon_started()
 
 
 class CodecarbonEnergyTracker(EnergyTracker):
     def __init__(self, tokens_per_window: int | None = None):
         self._tracker = _codecarbon()
-        self._tracker.start_task("effbench-warmup")  # pay the first-task cost outside any window
-        self._tracker.stop_task()
         super().__init__(tokens_per_window)
 
     def begin(self) -> None:
@@ -177,9 +188,27 @@ def _rapl_zones() -> list[Path]:
     return zones
 
 
-def energy_tracker(device: torch.device, tokens_per_window: int | None = None) -> EnergyTracker:
+def _counter(device: torch.device) -> NvmlDevice | list[Path] | None:
+    """What reads this device's energy: NVML, RAPL package zones, or nothing (codecarbon estimates)."""
     if device.type == "cuda" and (nvml := NvmlDevice.open(device)) is not None:
-        return NvmlEnergyTracker(nvml, tokens_per_window)
+        return nvml
     if device.type == "cpu" and (zones := _rapl_zones()):
-        return RaplEnergyTracker(zones, tokens_per_window)
+        return zones
+    return None
+
+
+def energy_tracker(device: torch.device, tokens_per_window: int | None = None) -> EnergyTracker:
+    counter = _counter(device)
+    if isinstance(counter, NvmlDevice):
+        return NvmlEnergyTracker(counter, tokens_per_window)
+    if counter:
+        return RaplEnergyTracker(counter, tokens_per_window)
     return CodecarbonEnergyTracker(tokens_per_window)
+
+
+def prepare_energy_tracker(device: torch.device) -> None:
+    """Where energy will be estimated by codecarbon, set it up in a background thread now,
+    while the model loads, instead of in front of the first window. Nothing is measured
+    meanwhile: the first window's tracker waits for the set-up to end."""
+    if _counter(device) is None:
+        threading.Thread(target=_codecarbon, name="codecarbon-setup", daemon=True).start()

@@ -17,6 +17,7 @@ import torch
 
 from effbench.hardware import synchronize
 from effbench.metrics.record import Metric
+from effbench.turns import take_turn
 
 
 class Tracker(Protocol):
@@ -38,6 +39,7 @@ class MeasuredWindow:
 
     @contextmanager
     def measure(self):
+        take_turn()  # under `effbench ab`: the other side's window runs first (effbench/turns.py)
         synchronize(self.device)
         for t in self.trackers:
             t.begin()

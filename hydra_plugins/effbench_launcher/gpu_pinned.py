@@ -49,6 +49,7 @@ from effbench.device_pinning import (ENV_ALLOW_SHARED, ENV_JOBS_PER_DEVICE, ENV_
 log = logging.getLogger(__name__)
 
 _OWN_KEYS = ("gpus", "jobs_per_gpu", "allow_shared_gpu")
+_POLL_S = 0.05
 
 
 @dataclass
@@ -135,6 +136,8 @@ class GpuPinnedLauncher(BaseSubmititLauncher):
                     where = f"GPUs {list(slot)}" if slot else "no GPU"
                     log.info(f"\t#{params[2]} started ({where}, submitit job {job.job_id}, log {job.paths.stdout})")
                     started = time.perf_counter()
+                    while not job.done():  # submitit's own wait() checks once a second: up to 1 s lost per job
+                        time.sleep(_POLL_S)
                     results[i] = job.results()[0]
                     log.info(f"\t#{params[2]} ended after {time.perf_counter() - started:.0f} s "
                              f"({sum(r is not None for r in results)} of {len(job_overrides)} done)")
