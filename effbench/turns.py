@@ -71,11 +71,10 @@ def take_turn() -> None:
         baton.pass_and_wait()
 
 
-def turn_order(first: int, turns: int) -> list[int]:
-    """Whose turn each is, for two processes 0 and 1: first, other, other, first, first, …
-    (an ABBA order: a linear drift within the pair weighs on both sides alike)."""
-    other = 1 - first
-    return [(first, other, other, first)[t % 4] for t in range(turns)]
+def whose_turn(t: int) -> int:
+    """Whose turn the t-th window is, of processes 0 and 1: 0, 1, 1, 0, 0, 1, … (an ABBA
+    order: a drift that is linear over a few windows weighs on both sides alike)."""
+    return (0, 1, 1, 0)[t % 4]
 
 
 @dataclass
@@ -109,7 +108,10 @@ class TurnProcess:
         if self._proc is None:
             self.start()
         else:
-            os.write(self._go, _GO)
+            try:
+                os.write(self._go, _GO)
+            except BrokenPipeError:  # it died waiting for its turn (killed): the read below sees its end
+                pass
         if os.read(self._done, 1):  # empty: every writer closed, i.e. the process ended
             self.yields += 1
             return True
@@ -133,7 +135,7 @@ def run_in_turns(first: TurnProcess, second: TurnProcess) -> None:
         alive = [first.turn(), second.turn()]
         t = 0
         while any(alive):
-            who = turn_order(0, t + 1)[t]
+            who = whose_turn(t)
             t += 1
             if not alive[who]:
                 who = 1 - who
