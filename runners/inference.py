@@ -38,6 +38,10 @@ def validate(cfg: RunConfig) -> None:
     at_least("scenario", sc, ("warmup", "warmup_max"), minimum=0)
     if sc.output_tokens < 2:
         raise ConfigError(f"scenario.output_tokens={sc.output_tokens} must be ≥ 2 (TPOT needs two tokens)")
+    if sc.eval_max_tokens < sc.eval_context:
+        raise ConfigError(f"scenario.eval_max_tokens={sc.eval_max_tokens} is below scenario.eval_context="
+                          f"{sc.eval_context}: held-out perplexity needs at least one context; raise the first or "
+                          "lower the second")
 
 
 def kv_cache_metrics(model, measured: float) -> list:

@@ -40,6 +40,7 @@ def store(tmp_path):
         ("scenario.repeats=many", ["scenario.repeats", "many"]),
         ("technique.dtype=float33", ["technique.dtype", "float32, bfloat16, float16"]),
         ("scenario.output_tokens=1", ["scenario.output_tokens"]),
+        ("scenario.eval_max_tokens=64", ["scenario.eval_max_tokens=64", "scenario.eval_context=256"]),
     ],
 )
 def test_bad_config_exits_2_naming_the_key(tmp_path, override, expected):

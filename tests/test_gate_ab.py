@@ -286,6 +286,19 @@ def test_a_failed_candidate_process_is_a_regression():
     assert result.exit_code() == 1
 
 
+def test_a_session_whose_every_process_failed_is_judged_not_refused():
+    """No ok run carries the planned looks: still one session. Both sides failed, so nothing
+    was measured: inconclusive with the error (a failure under --strict), not a usage error."""
+    rng = np.random.default_rng(34)
+    base, cand = session(rng, pairs=2, change=0.0, sigma=0.02, plan=(3,))
+    for r in (*base, *cand):
+        r.status, r.error = Status.FAILED, "ValueError: held-out text too short"
+    result = evaluate_processes(base, cand, gate_from_dict({"metrics": TOL}))
+    (run,) = [c for c in result.checks if c.metric == "run"]
+    assert run.verdict is Verdict.INCONCLUSIVE and "held-out text too short" in run.detail
+    assert (result.exit_code(), result.exit_code(strict=True)) == (0, 1)
+
+
 def test_processes_share_hash_seed_threads_and_pinning():
     env = process_env(0, 1)
     assert env["PYTHONHASHSEED"] == "0" and env["OMP_NUM_THREADS"] == "1"

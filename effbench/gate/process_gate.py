@@ -63,12 +63,10 @@ def tag_value(run: RunRecord, prefix: str) -> str | None:
     return next((t[len(prefix):] for t in run.tags if t.startswith(prefix)), None)
 
 
-
-
 def session_plan(runs: Sequence[RunRecord]) -> tuple[int, ...] | None:
     """The planned looks stored with a session's runs, or None (a single look)."""
     values = {tag_value(r, LOOKS_TAG) for r in runs}
-    if values == {None}:
+    if values <= {None}:  # untagged, or no run at all (every run of the session failed)
         return None
     if len(values) != 1:
         raise GateUsageError(f"the runs come from sessions with different planned looks ({sorted(map(str, values))}): "
