@@ -338,6 +338,13 @@ def test_unknown_ref_and_bad_sides_exit_2(tmp_path, capsys):
     assert not (tmp_path / "ab.db").exists()
 
 
+def test_a_side_whose_run_is_a_bad_config_exits_2_with_the_reason(tmp_path, capsys):
+    assert ab(tmp_path, "--min", "2", "--max", "2", "--looks", "1", "config:", "config:scenario.output_tokens=1",
+              "hardware.device=cpu") == 2
+    err = capsys.readouterr().err
+    assert "side B (config:scenario.output_tokens=1)" in err and "stored no run" in err and "must be ≥ 2" in err
+
+
 def test_a_side_that_fails_to_install_exits_2_with_the_reason(tmp_path, capsys, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()

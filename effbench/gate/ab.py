@@ -278,10 +278,13 @@ class Settings:
 
 
 def session_runs(settings: Settings) -> list:
-    from effbench.store import open_store
+    from effbench.store import StoreMissing, open_store
 
-    with open_store(settings.store_url, read_only=True) as store:
-        return store.runs(tag=f"{SESSION_TAG}{settings.session}")
+    try:
+        with open_store(settings.store_url, read_only=True) as store:
+            return store.runs(tag=f"{SESSION_TAG}{settings.session}")
+    except StoreMissing:  # no process has stored a run yet
+        return []
 
 
 def _check_stored(side: Side, pair: int, rc: int, log: Path, settings: Settings) -> None:
