@@ -267,6 +267,9 @@ class Settings:
     def env(self, side: Side) -> dict[str, str]:
         return side_env(side, process_env(self.hash_seed, self.threads))
 
+    def log(self, side: Side, pair: int) -> Path:
+        return self.logdir / f"{side.label}-{pair}.log"
+
     def argv(self, side: Side, pair: int) -> list[str]:
         tags = [f"{SESSION_TAG}{self.session}", f"{SIDE_TAG}{side.label}", f"{PAIR_TAG}{pair}",
                 looks_tag(self.plan)]
@@ -298,7 +301,7 @@ def _check_stored(side: Side, pair: int, rc: int, log: Path, settings: Settings)
 
 def run_process(side: Side, pair: int, settings: Settings) -> None:
     """One `effbench run` of one side, alone on the machine (--interleave processes)."""
-    log = settings.logdir / f"{side.label}-{pair}.log"
+    log = settings.log(side, pair)
     with open(log, "w") as out:
         rc = subprocess.run(settings.argv(side, pair), cwd=side.cwd, env=settings.env(side), stdout=out,
                             stderr=subprocess.STDOUT, preexec_fn=pinning(settings.cpus)).returncode
@@ -312,7 +315,7 @@ def run_pair_in_turns(first: Side, second: Side, pair: int, settings: Settings) 
     from effbench.turns import TurnProcess, run_in_turns
 
     procs = [TurnProcess(settings.argv(side, pair), settings.env(side), str(side.cwd),
-                         str(settings.logdir / f"{side.label}-{pair}.log"), pinning(settings.cpus))
+                         str(settings.log(side, pair)), pinning(settings.cpus))
              for side in (first, second)]
     run_in_turns(*procs)
     for side, p in zip((first, second), procs):
